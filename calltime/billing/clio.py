@@ -1,0 +1,583 @@
+"""Clio Manage API v4 adapter for the billing-system port: directory reads and once-only time-entry writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+
+from calltime.billing.errors import (
+    AmbiguousWriteError,
+    ApiVersionMismatch,
+    AuthenticationError,
+    PermanentBillingError,
+    TransientBillingError,
+)
+from calltime.billing.model import (
+    BillingUser,
+    DirectoryContact,
+    DirectoryMatter,
+    TimeEntryRequest,
+    WrittenEntry,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_VERSION = "4.0.9"
+# Activity quantity is hours up to 4.0.3 and seconds from 4.0.4 on; a wrong unit is a 3,600x billing error,
+# so the client refuses to speak any version where quantity is hours.
+FIRST_SECONDS_VERSION = (4, 0, 4)
+DRAFT_PROPERTY = "calltime_draft_id"
+CALL_PROPERTY = "calltime_call_id"
+
+_CONTACT_FIELDS = "id,etag,name,is_client,updated_at,phone_numbers{id,name,number,primary}"
+_MATTER_FIELDS = "id,etag,display_number,description,status,updated_at,client{id,name}"
+_USER_FIELDS = "id,etag,name,rate,time_zone,phone_number,enabled,subscription_type"
+_PAGE_LIMIT = 200
+_USER_PAGE_LIMIT = 2000
+# Exceptions raised before any byte of the request left this process: always safe to retry.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+# Rails-style zone names, in case Clio answers with those rather than IANA names (its format is UNCONFIRMED).
+_RAILS_ZONES = {
+    "Hawaii": "Pacific/Honolulu",
+    "Alaska": "America/Juneau",
+    "Pacific Time (US & Canada)": "America/Los_Angeles",
+    "Arizona": "America/Phoenix",
+    "Mountain Time (US & Canada)": "America/Denver",
+    "Central Time (US & Canada)": "America/Chicago",
+    "Eastern Time (US & Canada)": "America/New_York",
+    "Indiana (East)": "America/Indiana/Indianapolis",
+    "Atlantic Time (Canada)": "America/Halifax",
+    "Newfoundland": "America/St_Johns",
+    "Saskatchewan": "America/Regina",
+    "London": "Europe/London",
+    "Edinburgh": "Europe/London",
+    "Dublin": "Europe/Dublin",
+    "Amsterdam": "Europe/Amsterdam",
+    "Berlin": "Europe/Berlin",
+    "Paris": "Europe/Paris",
+    "Madrid": "Europe/Madrid",
+    "Rome": "Europe/Rome",
+    "Brisbane": "Australia/Brisbane",
+    "Sydney": "Australia/Sydney",
+    "Melbourne": "Australia/Melbourne",
+    "Adelaide": "Australia/Adelaide",
+    "Darwin": "Australia/Darwin",
+    "Perth": "Australia/Perth",
+    "Hobart": "Australia/Hobart",
+    "UTC": "UTC",
+}
+
+
+def time_zone_from_clio(raw: str | None) -> str | None:
+    """The one place that maps Clio's user `time_zone` to an IANA name (None when it cannot)."""
+    if not raw:
+        return None
+    if raw in _RAILS_ZONES:
+        return _RAILS_ZONES[raw]
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON with exact numbers
+
+
+def _encode(value: Any) -> str:
+    """JSON text in which a Decimal is written as the exact number it holds (json.dumps cannot do that)."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("money and quantities must be finite")
+        return format(value, "f")
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_encode(v) for v in value) + "]"
+    if isinstance(value, float):
+        raise TypeError("floats are not sent to Clio; use Decimal")
+    return json.dumps(value)
+
+
+def _decode(content: bytes) -> Any:
+    return json.loads(content, parse_float=Decimal)
+
+
+def _to_decimal(value: Any) -> Decimal:
+    if value is None:
+        return Decimal("0")
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _parse_datetime(raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+def _clio_id(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise PermanentBillingError(f"{what} {value!r} is not a Clio id") from None
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pacing
+
+
+class RateGate:
+    """Client-side pacing for one access token, driven by Clio's X-RateLimit-* headers.
+
+    When the last answer said no requests remain, the next request waits for the window to reset. Share one
+    gate between every client that uses the same token.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        *,
+        reset_margin: float = 0.5,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        # Clio's reset stamp comes from its clock, not ours; a little slack avoids landing just before it.
+        self._margin = reset_margin
+        self._remaining: int | None = None
+        self._reset_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def before_request(self) -> None:
+        async with self._lock:
+            if self._remaining is not None and self._remaining <= 0 and self._reset_at is not None:
+                wait = self._reset_at + self._margin - self._clock()
+                if wait > 0:
+                    log.info("Clio rate limit reached; waiting %.1fs for the window to reset", wait)
+                    await self._sleep(wait)
+                self.forget()
+            if self._remaining is not None:
+                # Count our own request so concurrent callers do not all spend the last slot.
+                self._remaining -= 1
+
+    def observe(self, headers: httpx.Headers) -> None:
+        try:
+            remaining = int(headers["X-RateLimit-Remaining"])
+            reset_at = float(headers["X-RateLimit-Reset"])
+        except (KeyError, ValueError):
+            return
+        self._remaining = remaining
+        self._reset_at = reset_at
+
+    def forget(self) -> None:
+        self._remaining = None
+        self._reset_at = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Client
+
+
+class ClioClient:
+    """Implements `BillingSystem` against one Clio account through one access token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str,
+        *,
+        api_version: str = DEFAULT_API_VERSION,
+        http: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rate_gate: RateGate | None = None,
+        max_rate_limit_retries: int = 3,
+        max_read_retries: int = 3,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 8.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not access_token:
+            raise ValueError("access_token is empty")
+        if _version_tuple(api_version) < FIRST_SECONDS_VERSION:
+            raise ValueError(f"API version {api_version} reports activity quantity in hours; use 4.0.4 or later")
+        self._base = httpx.URL(base_url.rstrip("/"))
+        self._token = access_token
+        self.api_version = api_version
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient()
+        self._timeout = httpx.Timeout(timeout)
+        self._sleep = sleep
+        self._gate = rate_gate or RateGate(clock, sleep)
+        self._clock = clock
+        self._max_429 = max_rate_limit_retries
+        self._max_read_retries = max_read_retries
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._rng = rng
+
+    def __repr__(self) -> str:
+        # Never show the token.
+        return f"ClioClient(base_url={str(self._base)!r}, api_version={self.api_version!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> ClioClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- directory ------------------------------------------------------------------------------------------------
+
+    async def who_am_i(self) -> BillingUser:
+        body = await self._request("GET", "/api/v4/users/who_am_i.json", params={"fields": _USER_FIELDS})
+        return _user_from(body["data"])
+
+    async def list_users(self) -> list[BillingUser]:
+        params = {"fields": _USER_FIELDS, "order": "id(asc)", "limit": str(_USER_PAGE_LIMIT)}
+        return [_user_from(item) async for item in self._paginate("/api/v4/users.json", params)]
+
+    async def iter_contacts(self, updated_since: datetime | None = None) -> AsyncIterator[DirectoryContact]:
+        params = self._index_params(_CONTACT_FIELDS, updated_since)
+        async for item in self._paginate("/api/v4/contacts.json", params):
+            yield _contact_from(item)
+
+    async def iter_matters(self, updated_since: datetime | None = None) -> AsyncIterator[DirectoryMatter]:
+        params = self._index_params(_MATTER_FIELDS, updated_since)
+        async for item in self._paginate("/api/v4/matters.json", params):
+            yield _matter_from(item)
+
+    @staticmethod
+    def _index_params(fields: str, updated_since: datetime | None) -> dict[str, str]:
+        params = {"fields": fields, "order": "id(asc)", "limit": str(_PAGE_LIMIT)}
+        if updated_since is not None:
+            since = updated_since if updated_since.tzinfo else updated_since.replace(tzinfo=timezone.utc)
+            params["updated_since"] = since.isoformat()
+        return params
+
+    # -- writing --------------------------------------------------------------------------------------------------
+
+    async def find_communication(self, draft_id: str) -> str | None:
+        """The id of the first PhoneCommunication carrying this draft id, or None."""
+        ids = await self._communication_ids(draft_id)
+        return ids[0] if ids else None
+
+    async def find_time_entry(self, communication_id: str) -> str | None:
+        """The id of the first TimeEntry linked to this communication, or None."""
+        params = {
+            "communication_id": str(_clio_id(communication_id, "communication")), "type": "TimeEntry",
+            "fields": "id,etag", "order": "id(asc)", "limit": "1",
+        }
+        body = await self._request("GET", "/api/v4/activities.json", params=params)
+        items = body.get("data") or []
+        return str(items[0]["id"]) if items else None
+
+    async def find_entry(self, draft_id: str) -> WrittenEntry | None:
+        # An earlier ambiguous write can leave more than one communication; any of them may hold the entry.
+        for communication_id in await self._communication_ids(draft_id):
+            entry_id = await self.find_time_entry(communication_id)
+            if entry_id is not None:
+                return WrittenEntry(entry_id=entry_id, communication_id=communication_id)
+        return None
+
+    async def ensure_communication(self, req: TimeEntryRequest, *, look_up_first: bool) -> str:
+        """Create the call's PhoneCommunication (or, with look_up_first, reuse one carrying the draft id)."""
+        if look_up_first:
+            existing = await self.find_communication(req.draft_id)
+            if existing is not None:
+                return existing
+        body = await self._request(
+            "POST", "/api/v4/communications.json", params={"fields": "id,etag"}, body=_communication_body(req)
+        )
+        return str(body["data"]["id"])
+
+    async def ensure_time_entry(self, req: TimeEntryRequest, communication_id: str, *, look_up_first: bool) -> str:
+        """Create the TimeEntry linked to the communication (or, with look_up_first, reuse a linked one)."""
+        if look_up_first:
+            existing = await self.find_time_entry(communication_id)
+            if existing is not None:
+                return existing
+        body = await self._request(
+            "POST", "/api/v4/activities.json", params={"fields": "id,etag"},
+            body=_time_entry_body(req, communication_id),
+        )
+        return str(body["data"]["id"])
+
+    async def write_entry(self, req: TimeEntryRequest, *, resume: bool = False) -> WrittenEntry:
+        """Log the call, then the TimeEntry linked to it. A resumed write (an earlier attempt may
+        have landed) reuses whatever part of it Clio already holds instead of posting again."""
+        if resume:
+            found = await self.find_entry(req.draft_id)
+            if found is not None:
+                return found
+        communication_id = await self.ensure_communication(req, look_up_first=resume)
+        entry_id = await self.ensure_time_entry(req, communication_id, look_up_first=resume)
+        return WrittenEntry(entry_id=entry_id, communication_id=communication_id)
+
+    async def _communication_ids(self, draft_id: str) -> list[str]:
+        params = {
+            "external_property_name": DRAFT_PROPERTY, "external_property_value": draft_id,
+            "type": "PhoneCommunication", "fields": "id,etag", "order": "id(asc)", "limit": str(_PAGE_LIMIT),
+        }
+        return [str(item["id"]) async for item in self._paginate("/api/v4/communications.json", params)]
+
+    # -- HTTP -----------------------------------------------------------------------------------------------------
+
+    async def _paginate(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+        url: httpx.URL | str = path
+        page_params: dict[str, str] | None = params
+        while True:
+            body = await self._request("GET", url, params=page_params)
+            for item in body.get("data") or ():
+                yield item
+            next_url = ((body.get("meta") or {}).get("paging") or {}).get("next")
+            if not next_url:
+                return
+            url, page_params = self._same_origin(next_url), None
+
+    def _same_origin(self, raw: str) -> httpx.URL:
+        # The next-page URL comes from the server; never send the token anywhere but the firm's Clio host.
+        url = httpx.URL(raw)
+        if (url.scheme, url.host, url.port) != (self._base.scheme, self._base.host, self._base.port):
+            raise PermanentBillingError(f"Clio paging pointed to another host ({url.host})")
+        return url
+
+    async def _request(
+        self, method: str, path_or_url: str | httpx.URL, *, params: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> dict[str, Any]:
+        url = self._base.join(path_or_url) if isinstance(path_or_url, str) else path_or_url
+        what = f"{method} {url.path}"
+        is_write = method != "GET"
+        content = _encode(body).encode() if body is not None else None
+        rate_limited = retried = 0
+        while True:
+            await self._gate.before_request()
+            try:
+                response = await self._http.request(
+                    method, url, params=params, content=content, headers=self._headers(content is not None),
+                    timeout=self._timeout,
+                )
+            except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
+                # Our own request was unsendable (bad URL or header). Not chained: h11's message can quote the
+                # Authorization header.
+                raise PermanentBillingError(f"{what}: request could not be sent ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:
+                sent = not isinstance(exc, _NOT_SENT)
+                if sent and is_write:
+                    raise AmbiguousWriteError(
+                        f"{what}: no answer after sending ({type(exc).__name__}); look up before retrying"
+                    ) from exc
+                if retried < self._max_read_retries:
+                    retried += 1
+                    await self._backoff(retried, what, type(exc).__name__)
+                    continue
+                raise TransientBillingError(f"{what}: {type(exc).__name__} after {retried} retries") from exc
+            self._gate.observe(response.headers)
+            status = response.status_code
+            if status == 429:
+                if rate_limited >= self._max_429:
+                    raise TransientBillingError(f"{what}: still rate limited after {rate_limited} retries", status=429)
+                rate_limited += 1
+                await self._wait_retry_after(response, what)
+                continue
+            if status >= 500 or status == 408:
+                if is_write:
+                    raise AmbiguousWriteError(
+                        f"{what}: HTTP {status} after sending; look up before retrying", status=status,
+                        error_type=_error_type(response),
+                    )
+                if retried < self._max_read_retries:
+                    retried += 1
+                    await self._backoff(retried, what, f"HTTP {status}")
+                    continue
+                raise TransientBillingError(f"{what}: HTTP {status} after {retried} retries", status=status)
+            if status >= 400:
+                raise _client_error(response, what, self.api_version)
+            return self._success_body(response, what, is_write)
+
+    def _headers(self, has_body: bool) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "X-API-VERSION": self.api_version,
+            "Accept": "application/json",
+        }
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def _success_body(self, response: httpx.Response, what: str, is_write: bool) -> dict[str, Any]:
+        try:
+            body = _decode(response.content)
+        except ValueError:
+            body = None
+        echoed = response.headers.get("X-API-VERSION")
+        if echoed != self.api_version:
+            created = body.get("data", {}).get("id") if is_write and isinstance(body, dict) else None
+            raise ApiVersionMismatch(
+                f"{what}: sent X-API-VERSION {self.api_version}, answer says {echoed or 'nothing'}",
+                sent=self.api_version, received=echoed, status=response.status_code,
+                resource_id=str(created) if created is not None else None,
+            )
+        if not isinstance(body, dict):
+            error = AmbiguousWriteError if is_write else TransientBillingError
+            raise error(f"{what}: HTTP {response.status_code} with an unreadable body", status=response.status_code)
+        return body
+
+    async def _wait_retry_after(self, response: httpx.Response, what: str) -> None:
+        delay = _retry_after_seconds(response.headers, self._clock())
+        log.warning("%s rate limited by Clio; retrying in %.1fs", what, delay)
+        await self._sleep(delay)
+        # Clio said when to come back; do not also wait on the 429's own Remaining: 0.
+        self._gate.forget()
+
+    async def _backoff(self, attempt: int, what: str, reason: str) -> None:
+        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+        delay = ceiling / 2 + self._rng() * ceiling / 2  # jitter keeps many workers from retrying in step
+        log.warning("%s failed (%s); retry %d in %.2fs", what, reason, attempt, delay)
+        await self._sleep(delay)
+
+
+def _retry_after_seconds(headers: httpx.Headers, now: float) -> float:
+    raw = headers.get("Retry-After")
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            pass
+        try:
+            return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
+        except (TypeError, ValueError):
+            pass
+    try:
+        return max(1.0, float(headers["X-RateLimit-Reset"]) - now)
+    except (KeyError, ValueError):
+        return 1.0
+
+
+def _error_type(response: httpx.Response) -> str | None:
+    return _error_parts(response)[0]
+
+
+def _error_parts(response: httpx.Response) -> tuple[str | None, str]:
+    """(type, message) from either of Clio's error shapes: {"error":{type,message}} or RFC 6750."""
+    try:
+        body = _decode(response.content)
+    except ValueError:
+        return None, response.reason_phrase
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return error.get("type"), str(error.get("message") or "")
+    if isinstance(error, str):
+        return error, str(body.get("error_description") or "")
+    return None, response.reason_phrase
+
+
+def _client_error(response: httpx.Response, what: str, api_version: str) -> PermanentBillingError:
+    status = response.status_code
+    error_type, message = _error_parts(response)
+    text = f"{what}: HTTP {status} {error_type or ''}: {message}".strip()
+    if status == 401:
+        return AuthenticationError(text, status=status, error_type=error_type)
+    if status == 410:
+        return ApiVersionMismatch(
+            f"{what}: Clio rejected X-API-VERSION {api_version} (410 Gone)", sent=api_version,
+            received=response.headers.get("X-API-VERSION"), status=status,
+        )
+    return PermanentBillingError(text, status=status, error_type=error_type)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mapping between Clio's shapes and the port's model
+
+
+def _user_from(item: Mapping[str, Any]) -> BillingUser:
+    return BillingUser(
+        user_id=str(item["id"]),
+        name=item.get("name") or "",
+        # A user without a default rate comes back as null; 0 keeps the type and makes the gap visible.
+        rate=_to_decimal(item.get("rate")),
+        time_zone=time_zone_from_clio(item.get("time_zone")),
+        phone_number=item.get("phone_number") or None,
+        enabled=bool(item.get("enabled", True)),
+    )
+
+
+def _contact_from(item: Mapping[str, Any]) -> DirectoryContact:
+    numbers = tuple(p["number"] for p in item.get("phone_numbers") or () if p.get("number"))
+    return DirectoryContact(
+        contact_id=str(item["id"]),
+        name=item.get("name") or "",
+        is_client=bool(item.get("is_client")),
+        phone_numbers=numbers,
+        updated_at=_parse_datetime(item.get("updated_at")),
+    )
+
+
+def _matter_from(item: Mapping[str, Any]) -> DirectoryMatter:
+    client = item.get("client")
+    return DirectoryMatter(
+        matter_id=str(item["id"]),
+        client_id=str(client["id"]) if client and client.get("id") is not None else None,
+        display_number=item.get("display_number") or "",
+        description=item.get("description") or "",
+        status=(item.get("status") or "").lower(),
+        updated_at=_parse_datetime(item.get("updated_at")),
+    )
+
+
+def _communication_body(req: TimeEntryRequest) -> dict[str, Any]:
+    subject = f"Phone call with {req.external_number}" if req.external_number else "Phone call"
+    data: dict[str, Any] = {
+        "type": "PhoneCommunication",
+        "subject": subject,
+        "body": req.narrative or subject,  # body is required and may not be blank
+        "date": req.entry_date.isoformat(),
+        "matter": {"id": _clio_id(req.matter_id, "matter")},
+        "external_properties": [
+            {"name": DRAFT_PROPERTY, "value": req.draft_id},
+            {"name": CALL_PROPERTY, "value": req.call_id},
+        ],
+    }
+    if req.call_started_at.tzinfo is None:
+        # A naive time would be read in the firm's zone or UTC depending on Clio's setting; refuse to guess.
+        raise ValueError("call_started_at must be timezone-aware")
+    data["received_at"] = req.call_started_at.isoformat()
+    return {"data": data}
+
+
+def _time_entry_body(req: TimeEntryRequest, communication_id: str) -> dict[str, Any]:
+    return {"data": {
+        "type": "TimeEntry",
+        "date": req.entry_date.isoformat(),
+        "quantity": req.billed_seconds,  # seconds: the client only speaks versions >= 4.0.4
+        "price": req.rate,
+        "note": req.narrative,
+        "matter": {"id": _clio_id(req.matter_id, "matter")},
+        "user": {"id": _clio_id(req.user_id, "user")},
+        "communication": {"id": _clio_id(communication_id, "communication")},
+    }}

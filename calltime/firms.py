@@ -1,0 +1,36 @@
+"""A firm's configuration (core.firms), read by every service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Firm:
+    firm_id: str
+    name: str
+    billing_system: str
+    billing_base_url: str
+    billing_credential_ref: str
+    rounding_rule: str
+    activity_code: str
+    narrative_template: str
+    currency: str
+    default_time_zone: str
+    phone_region: str
+
+
+class UnknownFirm(LookupError):
+    pass
+
+
+async def load_firm(conn: asyncpg.Connection | asyncpg.Pool, firm_id: str) -> Firm:
+    row = await conn.fetchrow(
+        "SELECT firm_id, name, billing_system, billing_base_url, billing_credential_ref,"
+        " rounding_rule, activity_code, narrative_template, currency, default_time_zone,"
+        " phone_region FROM core.firms WHERE firm_id = $1", firm_id)
+    if row is None:
+        raise UnknownFirm(f"no firm {firm_id!r}")
+    return Firm(**dict(row))

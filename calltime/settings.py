@@ -1,0 +1,48 @@
+"""The one settings object every service reads from its environment (prefix `CALLTIME_`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_SIGNING_KEY = "development-only-approval-signing-key"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALLTIME_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    kafka_bootstrap: str = "127.0.0.1:29092"
+    database_url: str = "postgresql://calltime@127.0.0.1:25432/postgres"
+    # Lets a test run or a demo own a private set of topics on a shared broker.
+    topic_prefix: str = ""
+    topic_partitions: int = 3
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    default_phone_region: str = "US"
+    approval_signing_key: SecretStr = SecretStr(DEVELOPMENT_SIGNING_KEY)
+    approval_link_ttl_seconds: int = 7 * 24 * 3600
+    public_base_url: str = "http://127.0.0.1:8002"
+    # Faust consumer-group timing; the defaults suit a small cluster, tests shorten them.
+    kafka_session_timeout_seconds: float = 10.0
+    kafka_heartbeat_seconds: float = 1.0
+    outbox_poll_seconds: float = 0.2
+    handler_max_attempts: int = 8
+    directory_sync_seconds: float = 900.0
+
+    @model_validator(mode="after")
+    def refuse_unsafe_defaults(self) -> "Settings":
+        if self.environment != "development" and (
+            self.approval_signing_key.get_secret_value() == DEVELOPMENT_SIGNING_KEY
+        ):
+            raise ValueError("CALLTIME_APPROVAL_SIGNING_KEY must be set outside development")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1315 @@
+"""A fake Clio Manage API v4 (several firms, in memory) served over real HTTP for tests and local runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import itertools
+import json
+import logging
+import math
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_VERSION = "4.0.9"  # the default marked in Clio's OpenAPI document (billing-apis.md §1.1)
+SUPPORTED_API_VERSIONS = frozenset(f"4.0.{minor}" for minor in range(14))
+FIRST_SECONDS_VERSION = (4, 0, 4)  # activity quantity is hours up to 4.0.3, seconds from 4.0.4 on
+DEFAULT_RATE_LIMIT = 50
+DEFAULT_RATE_WINDOW_SECONDS = 60
+MAX_EXTERNAL_PROPERTIES = 5
+INVALID_TOKEN_DESCRIPTION = (
+    "The access token provided is expired, revoked, malformed or invalid for other reasons."
+)
+COMMIT_FAULT_TARGETS = ("activities", "communications")
+# RFC 6750 b64token syntax; anything else is a malformed header rather than an unknown token.
+_BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resource schemas: the readable fields of each resource and the nested resources it links to.
+
+_FIELDS: dict[str, frozenset[str]] = {
+    "account": frozenset({"id", "etag", "name"}),
+    "user": frozenset({
+        "id", "etag", "name", "first_name", "last_name", "email", "enabled", "subscription_type", "rate",
+        "time_zone", "phone_number", "created_at", "updated_at",
+    }),
+    "phone_number": frozenset({"id", "etag", "name", "number", "primary", "created_at", "updated_at"}),
+    "contact": frozenset({
+        "id", "etag", "name", "first_name", "last_name", "type", "is_client", "primary_phone_number",
+        "secondary_phone_number", "primary_email_address", "created_at", "updated_at",
+    }),
+    "matter": frozenset({
+        "id", "etag", "number", "display_number", "description", "status", "billable", "billing_method",
+        "open_date", "close_date", "pending_date", "client_id", "created_at", "updated_at",
+    }),
+    "activity_description": frozenset({"id", "etag", "name"}),
+    "activity": frozenset({
+        "id", "etag", "type", "date", "quantity", "quantity_in_hours", "rounded_quantity",
+        "rounded_quantity_in_hours", "quantity_redacted", "price", "total", "note", "flat_rate", "billed",
+        "on_bill", "non_billable", "non_billable_total", "no_charge", "created_at", "updated_at",
+    }),
+    "external_property": frozenset({"id", "etag", "name", "value", "created_at", "updated_at"}),
+    "communication": frozenset({
+        "id", "etag", "type", "subject", "body", "date", "received_at", "time_entries_count", "created_at",
+        "updated_at",
+    }),
+}
+
+_NESTED: dict[str, dict[str, str]] = {
+    "account": {},
+    "user": {"account": "account"},
+    "phone_number": {},
+    "contact": {"phone_numbers": "phone_number"},
+    "matter": {"client": "contact", "responsible_attorney": "user"},
+    "activity_description": {},
+    "activity": {
+        "matter": "matter", "user": "user", "communication": "communication",
+        "activity_description": "activity_description",
+    },
+    "external_property": {},
+    "communication": {"matter": "matter", "user": "user", "external_properties": "external_property"},
+}
+
+_DEFAULT_SPEC: tuple[tuple[str, Any], ...] = (("id", None), ("etag", None))
+
+_ACTIVITY_TYPES = frozenset({"TimeEntry", "ExpenseEntry", "HardCostEntry", "SoftCostEntry"})
+_ACTIVITY_WRITABLE = frozenset({
+    "type", "date", "quantity", "price", "note", "matter", "user", "communication", "activity_description",
+    "non_billable", "no_charge",
+})
+_COMMUNICATION_TYPES = frozenset({"PhoneCommunication", "EmailCommunication"})
+_COMMUNICATION_WRITABLE = frozenset({
+    "type", "subject", "body", "date", "received_at", "matter", "external_properties",
+})
+_MATTER_STATUSES = {"open": "Open", "pending": "Pending", "closed": "Closed"}
+
+
+def render_time_zone(stored: str | None) -> str | None:
+    """The one place that decides how a user's time zone is shown.
+
+    Real Clio's format is UNCONFIRMED (its docs sample shows a Rails name such as "Eastern Time (US & Canada)");
+    this fake stores and serves IANA names ("America/New_York").
+    """
+    return stored
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON: Decimal in, Decimal out, so money and quantities are never rounded through float.
+
+
+def _dumps(value: Any) -> str:
+    # Written here rather than shared with the client so that a bug in one cannot hide the same bug in the other.
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, Decimal):
+        return _decimal_literal(value)
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, datetime):
+        return json.dumps(value.astimezone(timezone.utc).isoformat(timespec="seconds"))
+    if isinstance(value, date):
+        return json.dumps(value.isoformat())
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_dumps(v) for v in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _decimal_literal(value: Decimal) -> str:
+    text = format(value, "f")
+    # Clio renders numbers like 350.0, so keep a fractional part on whole numbers.
+    return text if "." in text else text + ".0"
+
+
+def _loads(raw: bytes) -> Any:
+    return json.loads(raw, parse_float=Decimal)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# State
+
+
+class _ApiError(Exception):
+    """An error answer in Clio's documented Error shape (or another body given explicitly)."""
+
+    def __init__(
+        self, status: int, error_type: str, message: str, *, headers: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body if body is not None else {"error": {"type": error_type, "message": message}}
+        self.headers = dict(headers or {})
+
+    def response(self) -> Response:
+        return _json_response(self.status, self.body, self.headers)
+
+
+@dataclass
+class Faults:
+    """Switchable misbehaviour. Counters count down as they fire; the delay stays until reset to 0."""
+
+    fail_next_n_with_5xx: int = 0
+    delay_after_commit_seconds: float = 0.0
+    drop_after_commit_n: int = 0
+    # Which POST endpoints the two after-commit faults apply to.
+    commit_fault_targets: tuple[str, ...] = ("activities",)
+    # None: echo X-API-VERSION honestly; "": leave the header out; anything else: echo that instead.
+    echo_api_version: str | None = None
+
+
+@dataclass
+class _Firm:
+    key: str
+    account_id: int
+    name: str
+    users: dict[int, dict[str, Any]] = field(default_factory=dict)
+    contacts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    matters: dict[int, dict[str, Any]] = field(default_factory=dict)
+    activity_descriptions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    activities: dict[int, dict[str, Any]] = field(default_factory=dict)
+    communications: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class _Caller:
+    firm: _Firm
+    user_id: int
+    version: str
+    headers: dict[str, str]
+
+
+class FakeClioState:
+    """Every firm's data, tokens, rate-limit windows, faults and request statistics, guarded by one lock."""
+
+    def __init__(
+        self,
+        *,
+        rate_limit: int = DEFAULT_RATE_LIMIT,
+        rate_window_seconds: int = DEFAULT_RATE_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rate_limit = rate_limit
+        self.rate_window_seconds = rate_window_seconds
+        self.clock = clock
+        self.faults = Faults()
+        self._lock = threading.RLock()
+        self._firms: dict[str, _Firm] = {}
+        self._tokens: dict[str, tuple[str, int]] = {}
+        self._windows: dict[str, tuple[float, int]] = {}
+        self._ids = itertools.count(1001)
+        self._used_ids: set[int] = set()
+        self._etag_versions = itertools.count(1)
+        self._stats: Counter[str] = Counter()
+        self._by_route: Counter[str] = Counter()
+        self._by_status: Counter[str] = Counter()
+        self._by_version: Counter[str] = Counter()
+
+    # -- seeding -------------------------------------------------------------------------------------------------
+
+    def add_firm(self, key: str, name: str, *, account_id: int | None = None) -> None:
+        with self._lock:
+            if key in self._firms:
+                raise ValueError(f"firm {key!r} already exists")
+            self._firms[key] = _Firm(key=key, account_id=account_id or self._next_id(), name=name)
+
+    def add_user(
+        self, firm: str, *, name: str, rate: Decimal | int | str = Decimal("0"), time_zone: str | None = None,
+        phone_number: str | None = None, enabled: bool = True, subscription_type: str = "Attorney",
+        email: str | None = None, id: int | None = None, tokens: Iterable[str] = (),
+    ) -> int:
+        with self._lock:
+            user_id = self._claim_id(id)
+            first, _, last = name.partition(" ")
+            self._firm(firm).users[user_id] = self._stamp({
+                "id": user_id, "name": name, "first_name": first, "last_name": last, "email": email,
+                "enabled": enabled, "subscription_type": subscription_type, "rate": Decimal(str(rate)),
+                "time_zone": time_zone, "phone_number": phone_number,
+            })
+            for token in tokens:
+                self.add_token(firm, token, user_id)
+            return user_id
+
+    def add_token(self, firm: str, token: str, user_id: int) -> None:
+        with self._lock:
+            if user_id not in self._firm(firm).users:
+                raise ValueError(f"user {user_id} is not in firm {firm!r}")
+            self._tokens[token] = (firm, user_id)
+
+    def revoke_token(self, token: str) -> None:
+        with self._lock:
+            self._tokens.pop(token, None)
+
+    def add_contact(
+        self, firm: str, *, name: str, type: str = "Person", is_client: bool = False,
+        phone_numbers: Iterable[str | Mapping[str, Any]] = (), email: str | None = None, id: int | None = None,
+        updated_at: datetime | None = None,
+    ) -> int:
+        with self._lock:
+            contact_id = self._claim_id(id)
+            first, _, last = name.partition(" ") if type == "Person" else ("", "", "")
+            record = self._stamp({
+                "id": contact_id, "name": name, "first_name": first or None, "last_name": last or None,
+                "type": type, "is_client": is_client, "primary_email_address": email,
+                "_phone_numbers": [self._phone_record(p, i == 0) for i, p in enumerate(phone_numbers)],
+            })
+            if updated_at is not None:
+                record["updated_at"] = updated_at
+            self._firm(firm).contacts[contact_id] = record
+            return contact_id
+
+    def update_contact(self, firm: str, contact_id: int, **changes: Any) -> None:
+        """Change a contact as if edited in Clio: bumps updated_at and etag. `phone_numbers` replaces the list."""
+        with self._lock:
+            record = self._firm(firm).contacts[contact_id]
+            if "phone_numbers" in changes:
+                numbers = changes.pop("phone_numbers")
+                record["_phone_numbers"] = [self._phone_record(p, i == 0) for i, p in enumerate(numbers)]
+            record.update(changes)
+            self._touch(record)
+
+    def add_matter(
+        self, firm: str, *, display_number: str, description: str = "", status: str = "Open",
+        client_id: int | None = None, responsible_attorney_id: int | None = None, id: int | None = None,
+        updated_at: datetime | None = None,
+    ) -> int:
+        with self._lock:
+            the_firm = self._firm(firm)
+            if client_id is not None and client_id not in the_firm.contacts:
+                raise ValueError(f"client {client_id} is not a contact of firm {firm!r}")
+            matter_id = self._claim_id(id)
+            record = self._stamp({
+                "id": matter_id, "number": len(the_firm.matters) + 1, "display_number": display_number,
+                "description": description, "status": _MATTER_STATUSES[status.lower()], "billable": True,
+                "billing_method": "hourly", "open_date": None, "close_date": None, "pending_date": None,
+                "_client_id": client_id, "_responsible_attorney_id": responsible_attorney_id,
+            })
+            if updated_at is not None:
+                record["updated_at"] = updated_at
+            the_firm.matters[matter_id] = record
+            return matter_id
+
+    def update_matter(self, firm: str, matter_id: int, **changes: Any) -> None:
+        """Change a matter as if edited in Clio: bumps updated_at and etag."""
+        with self._lock:
+            record = self._firm(firm).matters[matter_id]
+            if "status" in changes:
+                changes["status"] = _MATTER_STATUSES[changes["status"].lower()]
+            if "client_id" in changes:
+                record["_client_id"] = changes.pop("client_id")
+            record.update(changes)
+            self._touch(record)
+
+    def add_activity_description(self, firm: str, name: str, *, id: int | None = None) -> int:
+        with self._lock:
+            description_id = self._claim_id(id)
+            self._firm(firm).activity_descriptions[description_id] = self._stamp(
+                {"id": description_id, "name": name}
+            )
+            return description_id
+
+    @classmethod
+    def from_seed(cls, seed: Mapping[str, Any], **kwargs: Any) -> FakeClioState:
+        """Build a state from the seed-file structure documented in `load_seed`."""
+        limits = seed.get("rate_limit") or {}
+        kwargs.setdefault("rate_limit", limits.get("limit", DEFAULT_RATE_LIMIT))
+        kwargs.setdefault("rate_window_seconds", limits.get("window_seconds", DEFAULT_RATE_WINDOW_SECONDS))
+        state = cls(**kwargs)
+        for firm in seed.get("firms", ()):
+            state._seed_firm(firm)
+        return state
+
+    def _seed_firm(self, firm: Mapping[str, Any]) -> None:
+        key = firm["key"]
+        self.add_firm(key, firm.get("name", key), account_id=firm.get("account_id"))
+        for user in firm.get("users", ()):
+            self.add_user(key, **_pick(user, (
+                "id", "name", "rate", "time_zone", "phone_number", "enabled", "subscription_type", "email",
+                "tokens",
+            )))
+        for contact in firm.get("contacts", ()):
+            self.add_contact(key, **_pick(contact, ("id", "name", "type", "is_client", "phone_numbers", "email")))
+        for matter in firm.get("matters", ()):
+            self.add_matter(key, **_pick(matter, (
+                "id", "display_number", "description", "status", "client_id", "responsible_attorney_id",
+            )))
+        for description in firm.get("activity_descriptions", ()):
+            self.add_activity_description(key, description["name"], id=description.get("id"))
+
+    # -- inspection (what tests and the admin API read) ----------------------------------------------------------
+
+    def firm_keys(self) -> list[str]:
+        with self._lock:
+            return list(self._firms)
+
+    def activities(self, firm: str) -> list[dict[str, Any]]:
+        """Every stored activity of a firm, quantity in seconds, references as plain ids."""
+        with self._lock:
+            return [_activity_dump(a) for a in self._firm(firm).activities.values()]
+
+    def communications(self, firm: str) -> list[dict[str, Any]]:
+        with self._lock:
+            the_firm = self._firm(firm)
+            return [_communication_dump(the_firm, c) for c in the_firm.communications.values()]
+
+    def set_faults(self, **changes: Any) -> Faults:
+        with self._lock:
+            for name, value in changes.items():
+                if not hasattr(self.faults, name):
+                    raise ValueError(f"unknown fault {name!r}")
+                if name == "commit_fault_targets":
+                    value = tuple(value)
+                    if not set(value) <= set(COMMIT_FAULT_TARGETS):
+                        raise ValueError(f"commit_fault_targets must be within {COMMIT_FAULT_TARGETS}")
+                setattr(self.faults, name, value)
+            return Faults(**asdict(self.faults))
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self._stats["requests"],
+                "rate_limited": self._stats["rate_limited"],
+                "unauthorized": self._stats["unauthorized"],
+                "server_errors_injected": self._stats["server_errors_injected"],
+                "by_route": dict(self._by_route),
+                "by_status": dict(self._by_status),
+                "by_api_version": dict(self._by_version),
+            }
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            for counter in (self._stats, self._by_route, self._by_status, self._by_version):
+                counter.clear()
+
+    # -- request admission: auth, rate limit, version, injected 5xx ----------------------------------------------
+
+    def _admit(self, route: str, authorization: str | None, requested_version: str | None) -> _Caller:
+        with self._lock:
+            self._stats["requests"] += 1
+            self._by_route[route] += 1
+            firm, user_id, token = self._authenticate(authorization)
+            headers = self._take_rate_slot(token)
+            version = requested_version if requested_version is not None else DEFAULT_API_VERSION
+            if version not in SUPPORTED_API_VERSIONS:
+                raise _ApiError(410, "GoneError", f"API version {version} is not supported", headers=headers)
+            self._by_version[version] += 1
+            headers.update(self._version_headers(version))
+            if self.faults.fail_next_n_with_5xx > 0:
+                self.faults.fail_next_n_with_5xx -= 1
+                self._stats["server_errors_injected"] += 1
+                raise _ApiError(500, "InternalServerError", "Injected fault", headers=headers)
+            return _Caller(firm=firm, user_id=user_id, version=version, headers=headers)
+
+    def _authenticate(self, authorization: str | None) -> tuple[_Firm, int, str]:
+        match = _BEARER.fullmatch(authorization or "")
+        if match is None:
+            # A missing or malformed header gets the documented Error shape (samples/clio_error_401_unauthorized).
+            self._stats["unauthorized"] += 1
+            raise _ApiError(401, "UnauthorizedError", "User is not authorized")
+        token = match.group(1)
+        owner = self._tokens.get(token)
+        if owner is None:
+            # An unknown, expired or revoked token gets the RFC 6750 shape (samples/clio_error_401_invalid_token).
+            self._stats["unauthorized"] += 1
+            raise _ApiError(
+                401, "invalid_token", INVALID_TOKEN_DESCRIPTION,
+                body={"error": "invalid_token", "error_description": INVALID_TOKEN_DESCRIPTION},
+                headers={"WWW-Authenticate": (
+                    f'Bearer error="invalid_token", error_description="{INVALID_TOKEN_DESCRIPTION}"'
+                )},
+            )
+        firm_key, user_id = owner
+        return self._firms[firm_key], user_id, token
+
+    def _take_rate_slot(self, token: str) -> dict[str, str]:
+        now = self.clock()
+        window = self.rate_window_seconds
+        window_start = math.floor(now / window) * window
+        reset_at = math.ceil(window_start + window)
+        started, used = self._windows.get(token, (window_start, 0))
+        if started != window_start:
+            used = 0
+        headers = {"X-RateLimit-Limit": str(self.rate_limit), "X-RateLimit-Reset": str(reset_at)}
+        if used >= self.rate_limit:
+            # A refused request neither counts against the window nor reaches a handler.
+            self._stats["rate_limited"] += 1
+            headers["X-RateLimit-Remaining"] = "0"
+            headers["Retry-After"] = str(max(1, math.ceil(reset_at - now)))
+            raise _ApiError(429, "RateLimited", "Rate limit exceeded. Retry later.", headers=headers)
+        used += 1
+        self._windows[token] = (window_start, used)
+        headers["X-RateLimit-Remaining"] = str(self.rate_limit - used)
+        return headers
+
+    def _version_headers(self, version: str) -> dict[str, str]:
+        echo = self.faults.echo_api_version
+        if echo is None:
+            return {"X-API-VERSION": version}
+        return {"X-API-VERSION": echo} if echo else {}
+
+    def _count_status(self, status: int) -> None:
+        with self._lock:
+            self._by_status[str(status)] += 1
+
+    def _take_commit_fault(self, target: str) -> tuple[bool, float]:
+        """(drop the connection?, seconds to wait) for a write that has just been committed."""
+        with self._lock:
+            if target not in self.faults.commit_fault_targets:
+                return False, 0.0
+            if self.faults.drop_after_commit_n > 0:
+                self.faults.drop_after_commit_n -= 1
+                return True, 0.0
+            return False, float(self.faults.delay_after_commit_seconds)
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+
+    def _firm(self, key: str) -> _Firm:
+        try:
+            return self._firms[key]
+        except KeyError:
+            raise KeyError(f"no firm {key!r}") from None
+
+    def _claim_id(self, wanted: int | None) -> int:
+        # Clio ids are unique across accounts, so one pool of ids serves every firm.
+        if wanted is None:
+            return self._next_id()
+        if int(wanted) in self._used_ids:
+            raise ValueError(f"id {wanted} is already taken")
+        self._used_ids.add(int(wanted))
+        return int(wanted)
+
+    def _next_id(self) -> int:
+        candidate = next(self._ids)
+        while candidate in self._used_ids:
+            candidate = next(self._ids)
+        self._used_ids.add(candidate)
+        return candidate
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz=timezone.utc).replace(microsecond=0)
+
+    def _etag(self, record_id: int) -> str:
+        digest = hashlib.md5(f"{record_id}:{next(self._etag_versions)}".encode()).hexdigest()
+        return f'"{digest}"'
+
+    def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
+        now = self._now()
+        record.update(etag=self._etag(record["id"]), created_at=now, updated_at=now)
+        return record
+
+    def _touch(self, record: dict[str, Any]) -> None:
+        record.update(etag=self._etag(record["id"]), updated_at=self._now())
+
+    def _phone_record(self, phone: str | Mapping[str, Any], first: bool) -> dict[str, Any]:
+        spec = {"number": phone} if isinstance(phone, str) else dict(phone)
+        return self._stamp({
+            "id": self._claim_id(spec.get("id")), "name": spec.get("name", "Work"), "number": spec["number"],
+            "primary": bool(spec.get("primary", first)),
+        })
+
+
+def _pick(source: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    return {name: source[name] for name in names if name in source}
+
+
+def load_seed(path: str | Path) -> FakeClioState:
+    """Read a seed file (JSON) into a fresh state.
+
+    {
+      "rate_limit": {"limit": 50, "window_seconds": 60},            # optional
+      "firms": [{
+        "key": "acme", "name": "Acme Law LLP", "account_id": 9001,   # account_id optional
+        "users": [{"id": 101, "name": "Alex Attorney", "rate": "350.00", "time_zone": "America/New_York",
+                   "phone_number": "+16175550100", "enabled": true, "subscription_type": "Attorney",
+                   "email": "alex@acme.example", "tokens": ["acme-token-1"]}],
+        "contacts": [{"id": 201, "name": "Jane Client", "type": "Person", "is_client": true,
+                      "phone_numbers": ["(617) 555-0142", {"name": "Mobile", "number": "617.555.0199"}]}],
+        "matters": [{"id": 301, "display_number": "00001-Client", "description": "Client v. Acme",
+                     "status": "Open", "client_id": 201, "responsible_attorney_id": 101}],
+        "activity_descriptions": [{"id": 401, "name": "Telephone call"}]
+      }]
+    }
+    Every id is optional (one counter assigns ids across all firms). A bare phone-number string means
+    name "Work", and the first number of a contact is primary unless `primary` says otherwise.
+    """
+    return FakeClioState.from_seed(_loads(Path(path).read_bytes()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fields, rendering and dumps
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _quantity_out(seconds: Decimal, version: str) -> Decimal:
+    if _version_tuple(version) < FIRST_SECONDS_VERSION:
+        return seconds / 3600
+    return seconds
+
+
+def _quantity_in(value: Decimal, version: str) -> Decimal:
+    if _version_tuple(version) < FIRST_SECONDS_VERSION:
+        return value * 3600
+    return value
+
+
+def _split_top_level(raw: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for char in raw:
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth < 0:
+                raise _ApiError(400, "BadRequestError", "Unbalanced braces in fields")
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth != 0:
+        raise _ApiError(400, "BadRequestError", "Unbalanced braces in fields")
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_fields(raw: str | None, kind: str) -> tuple[tuple[str, Any], ...]:
+    """A `fields=` value as ((name, sub-spec or None), ...); only one nesting level may name fields."""
+    if raw is None or not raw.strip():
+        return _DEFAULT_SPEC
+    spec = []
+    for item in _split_top_level(raw):
+        name, brace, rest = item.partition("{")
+        name = name.strip()
+        if not brace:
+            _check_field(kind, name)
+            spec.append((name, None))
+            continue
+        if name not in _NESTED[kind]:
+            raise _ApiError(400, "BadRequestError", f"Invalid field: {name} is not a nested resource of {kind}")
+        inner = rest[:-1]
+        if "{" in inner or "}" in inner:
+            raise _ApiError(400, "BadRequestError", "Fields may only be nested one level deep")
+        target = _NESTED[kind][name]
+        sub = tuple(s.strip() for s in inner.split(",") if s.strip())
+        for sub_name in sub:
+            _check_field(target, sub_name)
+        spec.append((name, tuple((s, None) for s in sub) or _DEFAULT_SPEC))
+    return tuple(spec)
+
+
+def _check_field(kind: str, name: str) -> None:
+    if name not in _FIELDS[kind] and name not in _NESTED[kind]:
+        raise _ApiError(400, "BadRequestError", f"Invalid field: {name}")
+
+
+class _View:
+    """Renders stored records of one firm as one API version shows them."""
+
+    def __init__(self, firm: _Firm, version: str) -> None:
+        self.firm = firm
+        self.version = version
+
+    def render(self, kind: str, record: Mapping[str, Any], spec: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, sub in spec:
+            if name in _NESTED[kind]:
+                out[name] = self._render_nested(_NESTED[kind][name], self._nested(kind, record, name), sub)
+            else:
+                out[name] = self._scalar(kind, record, name)
+        return out
+
+    def _render_nested(self, kind: str, value: Any, sub: Any) -> Any:
+        # A nested resource named without braces, or a second level, shows only its default fields.
+        spec = sub if sub is not None else _DEFAULT_SPEC
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return [self.render(kind, v, spec) for v in value]
+        return self.render(kind, value, spec)
+
+    def _nested(self, kind: str, record: Mapping[str, Any], name: str) -> Any:
+        firm = self.firm
+        if kind == "user" and name == "account":
+            return {"id": firm.account_id, "etag": f'"{firm.account_id}"', "name": firm.name}
+        if kind == "contact" and name == "phone_numbers":
+            return list(record["_phone_numbers"])
+        if kind == "communication" and name == "external_properties":
+            return list(record["_external_properties"])
+        table = {
+            "client": firm.contacts, "responsible_attorney": firm.users, "matter": firm.matters,
+            "user": firm.users, "communication": firm.communications,
+            "activity_description": firm.activity_descriptions,
+        }[name]
+        ref = record.get(f"_{name}_id")
+        return table.get(ref) if ref is not None else None
+
+    def _scalar(self, kind: str, record: Mapping[str, Any], name: str) -> Any:
+        special = getattr(self, f"_{kind}_{name}", None)
+        return special(record) if special else record.get(name)
+
+    def _user_time_zone(self, record: Mapping[str, Any]) -> Any:
+        return render_time_zone(record.get("time_zone"))
+
+    def _contact_primary_phone_number(self, record: Mapping[str, Any]) -> Any:
+        return next((p["number"] for p in record["_phone_numbers"] if p["primary"]), None)
+
+    def _contact_secondary_phone_number(self, record: Mapping[str, Any]) -> Any:
+        return next((p["number"] for p in record["_phone_numbers"] if not p["primary"]), None)
+
+    def _matter_client_id(self, record: Mapping[str, Any]) -> Any:
+        return record.get("_client_id")
+
+    def _communication_time_entries_count(self, record: Mapping[str, Any]) -> int:
+        return sum(
+            1 for a in self.firm.activities.values()
+            if a["_communication_id"] == record["id"] and a["type"] == "TimeEntry"
+        )
+
+    def _activity_quantity(self, record: Mapping[str, Any]) -> Decimal:
+        return _quantity_out(record["_seconds"], self.version)
+
+    _activity_rounded_quantity = _activity_quantity  # the fake applies no firm rounding increment
+
+    def _activity_quantity_in_hours(self, record: Mapping[str, Any]) -> Decimal:
+        return record["_seconds"] / 3600
+
+    _activity_rounded_quantity_in_hours = _activity_quantity_in_hours
+
+    def _activity_quantity_redacted(self, record: Mapping[str, Any]) -> bool:
+        return False
+
+    def _activity_total(self, record: Mapping[str, Any]) -> Decimal:
+        return (record["price"] * record["_seconds"] / 3600).quantize(Decimal("0.01"))
+
+    def _activity_non_billable_total(self, record: Mapping[str, Any]) -> Decimal:
+        return self._activity_total(record) if record["non_billable"] else Decimal("0.0")
+
+
+def _activity_dump(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record["id"], "type": record["type"], "date": record["date"].isoformat(),
+        "quantity": record["_seconds"], "price": record["price"], "note": record["note"],
+        "matter_id": record["_matter_id"], "user_id": record["_user_id"],
+        "communication_id": record["_communication_id"],
+        "activity_description_id": record["_activity_description_id"],
+        "non_billable": record["non_billable"], "no_charge": record["no_charge"],
+        "created_at": record["created_at"].isoformat(),
+    }
+
+
+def _communication_dump(firm: _Firm, record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record["id"], "type": record["type"], "subject": record["subject"], "body": record["body"],
+        "date": record["date"].isoformat() if record["date"] else None,
+        "received_at": record["received_at"].isoformat() if record["received_at"] else None,
+        "matter_id": record["_matter_id"], "user_id": record["_user_id"],
+        "external_properties": [{"name": p["name"], "value": p["value"]} for p in record["_external_properties"]],
+        "time_entry_ids": [
+            a["id"] for a in firm.activities.values()
+            if a["_communication_id"] == record["id"] and a["type"] == "TimeEntry"
+        ],
+        "created_at": record["created_at"].isoformat(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Index endpoints
+
+
+@dataclass(frozen=True)
+class _ListSpec:
+    kind: str
+    table: str
+    filters: tuple[str, ...]
+    max_limit: int = 200
+
+
+_LIST_SPECS = {
+    "users": _ListSpec("user", "users", ("enabled", "subscription_type", "updated_since"), max_limit=2000),
+    "contacts": _ListSpec("contact", "contacts", ("updated_since", "type", "client_only")),
+    "matters": _ListSpec("matter", "matters", ("updated_since", "status", "client_id")),
+    "activities": _ListSpec("activity", "activities", ("communication_id", "matter_id", "type", "user_id")),
+    "communications": _ListSpec(
+        "communication", "communications",
+        ("external_property_name", "external_property_value", "type", "matter_id"),
+    ),
+}
+_PAGING_PARAMS = frozenset({"fields", "limit", "order", "page_token"})
+
+
+def _list_page(state: FakeClioState, caller: _Caller, request: Request, resource: str) -> dict[str, Any]:
+    spec = _LIST_SPECS[resource]
+    params = request.query_params
+    unknown = set(params) - _PAGING_PARAMS - set(spec.filters)
+    if unknown:
+        # Real Clio has more filters; the fake refuses rather than silently ignoring one it does not implement.
+        raise _ApiError(400, "BadRequestError", f"Unsupported parameter(s): {', '.join(sorted(unknown))}")
+    fields = parse_fields(params.get("fields"), spec.kind)
+    limit = _int_param(params.get("limit"), "limit", default=spec.max_limit, low=1, high=spec.max_limit)
+    if params.get("order", "id(asc)") != "id(asc)":
+        raise _ApiError(400, "BadRequestError", "The fake supports only order=id(asc)")
+    after = _decode_page_token(params.get("page_token"))
+    predicate = _filter_for(resource, params)
+    with state._lock:
+        view = _View(caller.firm, caller.version)
+        table = getattr(caller.firm, spec.table)
+        rows = [r for _, r in sorted(table.items()) if r["id"] > after and predicate(view, r)]
+        page = rows[:limit]
+        data = [view.render(spec.kind, r, fields) for r in page]
+    paging: dict[str, str] = {}
+    if len(rows) > limit:
+        token = _encode_page_token(page[-1]["id"])
+        paging["next"] = str(request.url.include_query_params(page_token=token))
+    if after:
+        paging["previous"] = str(request.url.remove_query_params("page_token"))
+    return {"data": data, "meta": {"paging": paging}}
+
+
+def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ApiError(400, "BadRequestError", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise _ApiError(400, "BadRequestError", f"{name} must be between {low} and {high}")
+    return value
+
+
+def _encode_page_token(last_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
+
+
+def _decode_page_token(raw: str | None) -> int:
+    if not raw:
+        return 0
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        return int(json.loads(base64.urlsafe_b64decode(padded))["after"])
+    except (ValueError, KeyError, TypeError):
+        raise _ApiError(400, "BadRequestError", "Invalid page_token") from None
+
+
+def _parse_since(raw: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _ApiError(400, "BadRequestError", "updated_since must be an ISO-8601 timestamp") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _id_param(raw: str, name: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise _ApiError(400, "BadRequestError", f"{name} must be an integer id") from None
+
+
+def _filter_for(resource: str, params: Mapping[str, str]) -> Callable[[_View, Mapping[str, Any]], bool]:
+    checks: list[Callable[[_View, Mapping[str, Any]], bool]] = []
+    if "updated_since" in params:
+        since = _parse_since(params["updated_since"])
+        # Inclusive: Clio's docs do not say, and inclusive never loses a change at the boundary.
+        checks.append(lambda v, r: r["updated_at"] >= since)
+    checks.extend(_RESOURCE_FILTERS[resource](params))
+    return lambda view, record: all(check(view, record) for check in checks)
+
+
+def _user_filters(params: Mapping[str, str]) -> list[Callable[[_View, Mapping[str, Any]], bool]]:
+    checks = []
+    if "enabled" in params:
+        wanted = params["enabled"].lower() == "true"
+        checks.append(lambda v, r: r["enabled"] == wanted)
+    if "subscription_type" in params:
+        kind = params["subscription_type"].lower()
+        checks.append(lambda v, r: r["subscription_type"].lower() == kind)
+    return checks
+
+
+def _contact_filters(params: Mapping[str, str]) -> list[Callable[[_View, Mapping[str, Any]], bool]]:
+    checks = []
+    if "type" in params:
+        checks.append(lambda v, r: r["type"] == params["type"])
+    if params.get("client_only", "").lower() == "true":
+        checks.append(lambda v, r: r["is_client"])
+    return checks
+
+
+def _matter_filters(params: Mapping[str, str]) -> list[Callable[[_View, Mapping[str, Any]], bool]]:
+    checks = []
+    if "status" in params:
+        statuses = {s.strip() for s in params["status"].split(",") if s.strip()}
+        if not statuses <= set(_MATTER_STATUSES):
+            raise _ApiError(400, "BadRequestError", "status must be a comma list of open, pending, closed")
+        wanted = {_MATTER_STATUSES[s] for s in statuses}
+        checks.append(lambda v, r: r["status"] in wanted)
+    if "client_id" in params:
+        client_id = _id_param(params["client_id"], "client_id")
+        checks.append(lambda v, r: r["_client_id"] == client_id)
+    return checks
+
+
+def _activity_filters(params: Mapping[str, str]) -> list[Callable[[_View, Mapping[str, Any]], bool]]:
+    checks = []
+    for name in ("communication_id", "matter_id", "user_id"):
+        if name in params:
+            wanted = _id_param(params[name], name)
+            checks.append(lambda v, r, key=f"_{name}", wanted=wanted: r[key] == wanted)
+    if "type" in params:
+        checks.append(lambda v, r: r["type"] == params["type"])
+    return checks
+
+
+def _communication_filters(params: Mapping[str, str]) -> list[Callable[[_View, Mapping[str, Any]], bool]]:
+    checks = []
+    name, value = params.get("external_property_name"), params.get("external_property_value")
+    if name is not None or value is not None:
+        checks.append(lambda v, r: any(
+            (name is None or p["name"] == name) and (value is None or p["value"] == value)
+            for p in r["_external_properties"]
+        ))
+    if "type" in params:
+        checks.append(lambda v, r: r["type"] == params["type"])
+    if "matter_id" in params:
+        matter_id = _id_param(params["matter_id"], "matter_id")
+        checks.append(lambda v, r: r["_matter_id"] == matter_id)
+    return checks
+
+
+_RESOURCE_FILTERS = {
+    "users": _user_filters,
+    "contacts": _contact_filters,
+    "matters": _matter_filters,
+    "activities": _activity_filters,
+    "communications": _communication_filters,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Create endpoints
+
+
+async def _read_data(request: Request) -> dict[str, Any]:
+    try:
+        body = _loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise _ApiError(400, "BadRequestError", "The request body is not valid JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+        raise _ApiError(422, "UnprocessableEntityError", "The request body must be {\"data\": {...}}")
+    return body["data"]
+
+
+def _unprocessable(message: str) -> _ApiError:
+    return _ApiError(422, "UnprocessableEntityError", message)
+
+
+def _reject_unknown(data: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = set(data) - allowed
+    if unknown:
+        raise _unprocessable(f"Unknown or read-only attribute(s): {', '.join(sorted(unknown))}")
+
+
+def _ref_id(data: Mapping[str, Any], name: str, table: Mapping[int, Any], *, required: bool) -> int | None:
+    if name not in data:
+        if required:
+            raise _unprocessable(f"{name} is required")
+        return None
+    ref = data[name]
+    if not isinstance(ref, dict) or not isinstance(ref.get("id"), int) or isinstance(ref.get("id"), bool):
+        raise _unprocessable(f"{name} must be an object with an integer id")
+    if ref["id"] not in table:
+        raise _unprocessable(f"{name} {ref['id']} does not exist")
+    return ref["id"]
+
+
+def _date_value(data: Mapping[str, Any], name: str, *, required: bool) -> date | None:
+    raw = data.get(name)
+    if raw is None:
+        if required:
+            raise _unprocessable(f"{name} is required")
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except (TypeError, ValueError):
+        raise _unprocessable(f"{name} must be an ISO-8601 date") from None
+
+
+def _datetime_value(data: Mapping[str, Any], name: str) -> datetime | None:
+    raw = data.get(name)
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except (TypeError, ValueError):
+        raise _unprocessable(f"{name} must be an ISO-8601 timestamp") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _number_value(data: Mapping[str, Any], name: str) -> Decimal | None:
+    raw = data.get(name)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, Decimal)):
+        raise _unprocessable(f"{name} must be a number")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise _unprocessable(f"{name} must be a number") from None
+    if not value.is_finite():
+        raise _unprocessable(f"{name} must be a number")
+    return value
+
+
+def _bool_value(data: Mapping[str, Any], name: str) -> bool:
+    raw = data.get(name, False)
+    if not isinstance(raw, bool):
+        raise _unprocessable(f"{name} must be true or false")
+    return raw
+
+
+def _create_activity(state: FakeClioState, caller: _Caller, data: Mapping[str, Any]) -> dict[str, Any]:
+    _reject_unknown(data, _ACTIVITY_WRITABLE)
+    if data.get("type") not in _ACTIVITY_TYPES:
+        raise _unprocessable("type is required and must be one of " + ", ".join(sorted(_ACTIVITY_TYPES)))
+    entry_date = _date_value(data, "date", required=True)
+    quantity = _number_value(data, "quantity")
+    if data["type"] == "TimeEntry" and (quantity is None or quantity <= 0):
+        raise _unprocessable("quantity must be greater than 0")
+    price = _number_value(data, "price")
+    if price is not None and price < 0:
+        raise _unprocessable("price must not be negative")
+    if "note" in data and not isinstance(data["note"], (str, type(None))):
+        raise _unprocessable("note must be a string")
+    firm = caller.firm
+    with state._lock:
+        matter_id = _ref_id(data, "matter", firm.matters, required=False)
+        user_id = _ref_id(data, "user", firm.users, required=False) or caller.user_id
+        record = state._stamp({
+            "id": state._next_id(), "type": data["type"], "date": entry_date,
+            "_seconds": _quantity_in(quantity or Decimal(0), caller.version),
+            # Without a price the user's default rate applies (likely Clio behaviour, UNCONFIRMED on create).
+            "price": price if price is not None else firm.users[user_id]["rate"],
+            "note": data.get("note"), "flat_rate": False, "billed": False, "on_bill": False,
+            "non_billable": _bool_value(data, "non_billable"), "no_charge": _bool_value(data, "no_charge"),
+            "_matter_id": matter_id, "_user_id": user_id,
+            "_communication_id": _ref_id(data, "communication", firm.communications, required=False),
+            "_activity_description_id": _ref_id(
+                data, "activity_description", firm.activity_descriptions, required=False
+            ),
+        })
+        firm.activities[record["id"]] = record
+        return record
+
+
+def _create_communication(state: FakeClioState, caller: _Caller, data: Mapping[str, Any]) -> dict[str, Any]:
+    _reject_unknown(data, _COMMUNICATION_WRITABLE)
+    if data.get("type") not in _COMMUNICATION_TYPES:
+        raise _unprocessable("type is required and must be PhoneCommunication or EmailCommunication")
+    for name in ("subject", "body"):
+        if not isinstance(data.get(name), str) or not data[name].strip():
+            raise _unprocessable(f"{name} is required")
+    properties = _external_properties(data.get("external_properties", []))
+    firm = caller.firm
+    with state._lock:
+        record = state._stamp({
+            "id": state._next_id(), "type": data["type"], "subject": data["subject"], "body": data["body"],
+            "date": _date_value(data, "date", required=False), "received_at": _datetime_value(data, "received_at"),
+            "_matter_id": _ref_id(data, "matter", firm.matters, required=False), "_user_id": caller.user_id,
+            "_external_properties": [
+                state._stamp({"id": state._next_id(), "name": n, "value": v}) for n, v in properties
+            ],
+        })
+        firm.communications[record["id"]] = record
+        return record
+
+
+def _external_properties(raw: Any) -> list[tuple[str, str]]:
+    if not isinstance(raw, list):
+        raise _unprocessable("external_properties must be a list")
+    if len(raw) > MAX_EXTERNAL_PROPERTIES:
+        raise _unprocessable(f"A Communication has a limit of {MAX_EXTERNAL_PROPERTIES} external_properties")
+    pairs = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or "value" not in item:
+            raise _unprocessable("each external property needs a name and a value")
+        pairs.append((item["name"], str(item["value"])))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ASGI app
+
+
+class _DeliberateDrop(Exception):
+    """Raised after a committed write so the server closes the connection mid-answer."""
+
+
+class _DroppedResponse(Response):
+    """Starts a 201 that promises a body, then aborts: the client sees a broken connection, not an answer."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=201)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({
+            "type": "http.response.start", "status": 201,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+        })
+        # Once the response has started, Starlette re-raises and uvicorn closes the socket without finishing.
+        raise _DeliberateDrop("fake Clio dropped the connection after committing")
+
+
+def _json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        content=_dumps(payload), status_code=status, media_type="application/json", headers=dict(headers or {})
+    )
+
+
+def create_app(state: FakeClioState) -> FastAPI:
+    """The fake's FastAPI app: Clio routes under /api/v4 and an admin API under /_fake."""
+    app = FastAPI(title="fake Clio Manage API v4", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def serve(request: Request, route: str, handler: Callable[..., Any]) -> Response:
+        try:
+            caller = state._admit(
+                route, request.headers.get("authorization"), request.headers.get("x-api-version")
+            )
+        except _ApiError as error:
+            state._count_status(error.status)
+            return error.response()
+        try:
+            response = await handler(caller, request)
+        except _ApiError as error:
+            response = error.response()
+        response.headers.update(caller.headers)
+        state._count_status(response.status_code)
+        return response
+
+    def lister(resource: str) -> Callable[..., Any]:
+        async def handler(caller: _Caller, request: Request) -> Response:
+            return _json_response(200, _list_page(state, caller, request, resource))
+
+        return handler
+
+    def creator(target: str, kind: str, create: Callable[..., dict[str, Any]]) -> Callable[..., Any]:
+        async def handler(caller: _Caller, request: Request) -> Response:
+            fields = parse_fields(request.query_params.get("fields"), kind)
+            record = create(state, caller, await _read_data(request))
+            with state._lock:
+                payload = {"data": _View(caller.firm, caller.version).render(kind, record, fields)}
+            drop, delay = state._take_commit_fault(target)
+            if drop:
+                return _DroppedResponse()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return _json_response(201, payload)
+
+        return handler
+
+    async def who_am_i(caller: _Caller, request: Request) -> Response:
+        fields = parse_fields(request.query_params.get("fields"), "user")
+        with state._lock:
+            user = caller.firm.users[caller.user_id]
+            data = _View(caller.firm, caller.version).render("user", user, fields)
+        return _json_response(200, {"data": data})
+
+    routes: list[tuple[str, str, Callable[..., Any]]] = [
+        ("GET", "/api/v4/users/who_am_i.json", who_am_i),
+        ("GET", "/api/v4/users.json", lister("users")),
+        ("GET", "/api/v4/contacts.json", lister("contacts")),
+        ("GET", "/api/v4/matters.json", lister("matters")),
+        ("GET", "/api/v4/activities.json", lister("activities")),
+        ("POST", "/api/v4/activities.json", creator("activities", "activity", _create_activity)),
+        ("GET", "/api/v4/communications.json", lister("communications")),
+        ("POST", "/api/v4/communications.json", creator("communications", "communication", _create_communication)),
+    ]
+    for method, path, handler in routes:
+        app.add_api_route(path, _bind(serve, f"{method} {path}", handler), methods=[method])
+
+    async def not_found(caller: _Caller, request: Request) -> Response:
+        raise _ApiError(404, "NotFoundError", f"No route for {request.method} {request.url.path}")
+
+    app.add_api_route(
+        "/api/v4/{rest:path}", _bind(serve, "unknown", not_found),
+        methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+    )
+    _add_admin_routes(app, state)
+    return app
+
+
+def _bind(serve: Callable[..., Any], route: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    async def endpoint(request: Request) -> Response:
+        return await serve(request, route, handler)
+
+    return endpoint
+
+
+def _add_admin_routes(app: FastAPI, state: FakeClioState) -> None:
+    def firm_or_404(firm: str) -> None:
+        if firm not in state.firm_keys():
+            raise _ApiError(404, "NotFoundError", f"no firm {firm!r}")
+
+    async def activities(firm: str) -> Response:
+        try:
+            firm_or_404(firm)
+        except _ApiError as error:
+            return error.response()
+        return _json_response(200, {"data": state.activities(firm)})
+
+    async def communications(firm: str) -> Response:
+        try:
+            firm_or_404(firm)
+        except _ApiError as error:
+            return error.response()
+        return _json_response(200, {"data": state.communications(firm)})
+
+    async def get_faults() -> Response:
+        return _json_response(200, asdict(state.set_faults()))
+
+    async def post_faults(request: Request) -> Response:
+        try:
+            changes = _loads(await request.body() or b"{}")
+            faults = state.set_faults(**changes)
+        except (ValueError, TypeError) as exc:
+            return _json_response(400, {"error": {"type": "BadRequestError", "message": str(exc)}})
+        return _json_response(200, asdict(faults))
+
+    async def post_rate_limit(request: Request) -> Response:
+        body = _loads(await request.body() or b"{}")
+        with state._lock:
+            state.rate_limit = int(body.get("limit", state.rate_limit))
+            state.rate_window_seconds = int(body.get("window_seconds", state.rate_window_seconds))
+            return _json_response(200, {"limit": state.rate_limit, "window_seconds": state.rate_window_seconds})
+
+    async def get_stats() -> Response:
+        return _json_response(200, state.stats())
+
+    async def delete_stats() -> Response:
+        state.reset_stats()
+        return Response(status_code=204)
+
+    app.add_api_route("/_fake/firms/{firm}/activities", activities, methods=["GET"])
+    app.add_api_route("/_fake/firms/{firm}/communications", communications, methods=["GET"])
+    app.add_api_route("/_fake/faults", get_faults, methods=["GET"])
+    app.add_api_route("/_fake/faults", post_faults, methods=["POST"])
+    app.add_api_route("/_fake/rate_limit", post_rate_limit, methods=["POST"])
+    app.add_api_route("/_fake/stats", get_stats, methods=["GET"])
+    app.add_api_route("/_fake/stats", delete_stats, methods=["DELETE"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running it
+
+
+class _QuietDeliberateDrops(logging.Filter):
+    """Keeps uvicorn from logging a traceback for every connection the fake drops on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _DeliberateDrop))
+
+
+class FakeClioServer:
+    """Runs the fake under uvicorn in a background thread on 127.0.0.1; `base_url` is set once started."""
+
+    def __init__(self, state: FakeClioState, port: int = 0, *, startup_timeout: float = 10.0) -> None:
+        self.state = state
+        self._port = port
+        self._startup_timeout = startup_timeout
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("FakeClioServer is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeClioServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit this on Linux; without it Nagle + delayed ACK add ~40 ms to each answer.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", self._port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.state), log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        logging.getLogger("uvicorn.error").addFilter(_QuietDeliberateDrops())
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name=f"fake-clio-{self.port}", daemon=True
+        )
+        self._thread.start()
+        self._wait_started()
+        return self
+
+    def _wait_started(self) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        while not (self._server and self._server.started):
+            if time.monotonic() > deadline or not (self._thread and self._thread.is_alive()):
+                raise RuntimeError("fake Clio server did not start")
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> FakeClioServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run a fake Clio Manage API v4 server.")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--seed-file", type=Path, help="JSON seed (see load_seed for the format)")
+    parser.add_argument("--rate-limit", type=int, help="requests per window per token (default: seed or 50)")
+    args = parser.parse_args(argv)
+    state = load_seed(args.seed_file) if args.seed_file else FakeClioState()
+    if args.rate_limit is not None:
+        state.rate_limit = args.rate_limit
+    logging.basicConfig(level=logging.INFO)
+    log.info("fake Clio serving firms %s on http://%s:%d", state.firm_keys(), args.host, args.port)
+    logging.getLogger("uvicorn.error").addFilter(_QuietDeliberateDrops())
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

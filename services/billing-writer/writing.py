@@ -1,0 +1,75 @@
+"""Writing one approved draft into the firm's billing system, exactly once.
+
+1. The ledger row for the draft is created (or found). Written already? Re-announce, done.
+2. The attempt is recorded and committed *before* the request goes out.
+3. If an earlier attempt may have landed, the adapter looks the entry up before writing.
+4. The billing system's ids are recorded, then `entry.written` is published.
+
+A crash anywhere re-runs these steps on redelivery and converges on one entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+
+from calltime import metrics
+from calltime.billing.errors import PermanentBillingError
+from calltime.billing.model import TimeEntryRequest, WrittenEntry
+from calltime.billing.port import BillingSystem
+from calltime.billing_writer import ledger
+from calltime.units import hours_to_seconds
+from calltime.events import DraftApproved, EntryWritten
+from calltime.kafka import PermanentFailure
+
+SERVICE = "billing-writer"
+log = logging.getLogger(__name__)
+
+
+def entry_request(approved: DraftApproved) -> TimeEntryRequest:
+    return TimeEntryRequest(
+        draft_id=approved.draft_id, call_id=approved.call_id, matter_id=approved.matter_id,
+        user_id=approved.attorney_user_id, entry_date=approved.entry_date,
+        billed_seconds=hours_to_seconds(approved.billed_hours), rate=approved.rate,
+        narrative=approved.narrative, call_started_at=approved.call_started_at,
+        external_number=approved.external_number_e164)
+
+
+def entry_written(approved: DraftApproved, system: str, row: ledger.LedgerRow) -> EntryWritten:
+    return EntryWritten(
+        event_id=str(uuid.uuid4()), firm_id=approved.firm_id, call_id=approved.call_id,
+        draft_id=approved.draft_id, billing_system=system, entry_id=row.entry_id,
+        communication_id=row.communication_id, matter_id=approved.matter_id,
+        user_id=approved.attorney_user_id, entry_date=approved.entry_date,
+        billed_seconds=hours_to_seconds(approved.billed_hours), billed_hours=approved.billed_hours,
+        rate=approved.rate, amount=approved.amount, currency=approved.currency,
+        written_at=row.written_at or datetime.now(timezone.utc))
+
+
+async def write_approved(pool, billing: BillingSystem, system: str,
+                         approved: DraftApproved) -> EntryWritten:
+    key = (approved.firm_id, approved.draft_id)
+    async with pool.acquire() as conn:
+        row = await ledger.begin(conn, *key, approved.call_id, system)
+        if row.state == "written":
+            metrics.OUTCOMES.labels(SERVICE, "entry", "already_written").inc()
+            return entry_written(approved, system, row)
+        if row.state == "dead":
+            raise PermanentFailure("this approval failed permanently before; replay it after "
+                                   "fixing the cause")
+        await ledger.mark_attempt(conn, *key)
+        try:
+            written = await billing.write_entry(entry_request(approved), resume=row.attempted)
+        except PermanentBillingError as exc:
+            await ledger.mark_failed(conn, *key, str(exc), permanent=True)
+            metrics.OUTCOMES.labels(SERVICE, "entry", "rejected").inc()
+            raise PermanentFailure(f"{system} refused the entry: {exc}") from exc
+        except Exception as exc:
+            await ledger.mark_failed(conn, *key, repr(exc), permanent=False)
+            raise
+        row = await ledger.mark_written(conn, *key, written)
+    metrics.OUTCOMES.labels(SERVICE, "entry", "written").inc()
+    log.info("entry written", extra={"entry_id": written.entry_id, "resumed": row.attempts > 1})
+    return entry_written(approved, system, row)
+

@@ -1,0 +1,39 @@
+"""The ingest service: webhook endpoints in front of an inbox, and the relay that publishes
+`call.ended` from the outbox."""
+
+from __future__ import annotations
+
+import contextlib
+
+from fastapi import FastAPI
+
+from calltime import web
+from calltime.ingest import store
+from calltime.ingest.webhooks import SERVICE, AccountCache, router
+from calltime.outbox import OutboxRelay
+from calltime.runtime import service_runtime
+from calltime.settings import Settings
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with service_runtime(settings, SERVICE) as runtime:
+            relay = OutboxRelay(runtime.pool, runtime.publisher, store.SCHEMA,
+                                settings.outbox_poll_seconds)
+            await relay.start()
+            app.state.runtime = runtime
+            app.state.accounts = AccountCache()
+            app.state.readiness_checks = runtime.readiness_checks()
+            try:
+                yield
+            finally:
+                await relay.stop()
+
+    app = FastAPI(title="calltime ingest", lifespan=lifespan)
+    web.limit_body_size(app, SERVICE, MAX_BODY_BYTES)
+    app.include_router(router)
+    app.include_router(web.ops_router())
+    return app

@@ -1,0 +1,52 @@
+"""What ingest decides, as plain functions: a provider's finished call becomes one canonical
+`CallEnded`, with calltime's call id, and a presented webhook token is checked against the
+digest the firm registered."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from datetime import datetime
+
+from calltime.events import CallEnded
+from calltime.ingest.providers.ringcentral import FinishedCall
+
+
+def call_id_for(provider: str, provider_call_id: str) -> str:
+    return f"{provider}:{provider_call_id}"
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def token_accepted(presented: str | None, registered_digest: bytes) -> bool:
+    """Constant-time comparison of digests: the token itself is never stored."""
+    if not presented:
+        return False
+    return hmac.compare_digest(token_digest(presented), bytes(registered_digest))
+
+
+def call_ended(finished: FinishedCall, *, firm_id: str, provider: str,
+               attorney_user_id: str | None, received_at: datetime,
+               revision: int = 1) -> CallEnded:
+    return CallEnded(
+        event_id=str(uuid.uuid4()),
+        firm_id=firm_id,
+        call_id=call_id_for(provider, finished.provider_call_id),
+        revision=revision,
+        provider=provider,
+        provider_call_id=finished.provider_call_id,
+        direction=finished.direction,
+        external_number_e164=finished.external_number_e164,
+        external_number_raw=finished.external_number_raw,
+        internal_number=finished.internal_number,
+        provider_user_id=finished.provider_user_id,
+        attorney_user_id=attorney_user_id,
+        started_at=finished.started_at,
+        ended_at=finished.ended_at,
+        duration_seconds=finished.duration_seconds,
+        result=finished.result,
+        received_at=received_at,
+    )

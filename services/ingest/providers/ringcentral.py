@@ -1,0 +1,438 @@
+"""RingCentral webhook adapter: telephony-session notifications in, one finished call out.
+
+Pure functions, no I/O. The ingest entrypoint hands in the raw request (headers and body
+bytes); this module answers the subscription handshake, checks the shared verification token,
+parses each notification into frozen values, and — once the firm user's party has hung up —
+assembles a session's notifications into one `FinishedCall`.
+
+Contract: /work/shared/reference/providers.md §1 and the RingCentral samples beside it.
+RingCentral sends no duration: it is computed from `eventTime` deltas. Delivery order is not
+guaranteed (order by `body.sequence`) and duplicates are possible (dedupe on envelope `uuid`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from calltime.phone import is_extension, normalise
+
+# Both the account-level and the extension-level filter deliver telephony sessions; one
+# subscription may hold both, so one call's notifications can arrive under either URI.
+_TELEPHONY_SESSIONS_EVENT = re.compile(
+    r"/restapi/v1\.0/account/[^/?]+(?:/extension/[^/?]+)?/telephony/sessions(?:\?.*)?"
+)
+
+_ANSWERED = "Answered"
+_VOICEMAIL = "VoiceMail"
+# `Gone` means the party left for another session (transfer); for the firm user the call in
+# this session is over either way.
+_ENDED = frozenset({"Disconnected", "Gone"})
+
+_MICROSECONDS_PER_SECOND = 1_000_000
+
+
+class InvalidNotification(ValueError):
+    """The request body is not a RingCentral notification; the message says why (for a 4xx)."""
+
+
+@dataclass(frozen=True)
+class Party:
+    """One leg of a telephony session as one notification saw it."""
+
+    id: str
+    extension_id: str | None
+    account_id: str | None
+    direction: str | None  # RingCentral's technical, party-relative "Inbound" | "Outbound"
+    from_number: str | None
+    from_extension_id: str | None
+    to_number: str | None
+    to_extension_id: str | None
+    status_code: str
+    missed_call: bool
+
+
+@dataclass(frozen=True)
+class SessionNotification:
+    """One webhook delivery. Body fields are None/empty unless `is_telephony_session`."""
+
+    uuid: str
+    event: str
+    timestamp: datetime | None
+    subscription_id: str | None
+    owner_id: str | None
+    sequence: int | None = None
+    telephony_session_id: str | None = None
+    session_id: str | None = None
+    event_time: datetime | None = None
+    parties: tuple[Party, ...] = ()
+
+    @property
+    def is_telephony_session(self) -> bool:
+        return _TELEPHONY_SESSIONS_EVENT.fullmatch(self.event) is not None
+
+
+@dataclass(frozen=True)
+class FinishedCall:
+    """A call the firm user has hung up, in the terms `CallEnded` needs."""
+
+    provider_call_id: str
+    direction: str  # inbound | outbound | internal
+    external_number_e164: str | None
+    external_number_raw: str | None
+    internal_number: str | None
+    provider_user_id: str
+    started_at: datetime
+    ended_at: datetime
+    duration_seconds: int
+    result: str  # answered | missed | voicemail
+    last_sequence: int
+
+
+# --- Subscription handshake and verification token -------------------------------------------
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def is_validation_request(headers: Mapping[str, str], raw_body: bytes) -> str | None:
+    """The token to echo when this is the subscription-creation handshake, else None.
+
+    The handshake is a POST carrying a `Validation-Token` header and no body. A notification
+    that happens to carry a `Validation-Token` header (see `presented_token`) has a body, so the
+    two cannot be confused.
+    """
+    token = _header(headers, "Validation-Token")
+    if token is None or raw_body.strip():
+        return None
+    return token
+
+
+def presented_token(headers: Mapping[str, str]) -> str | None:
+    """The shared verification token a notification presents, if any.
+
+    UNCONFIRMED (providers.md §1.3): the API field is `deliveryMode.verificationToken` and the
+    2023 docs named the header `Verification-Token`; the December 2023 rewrite says
+    `Validation-Token`, probably an editorial slip. Until a live test settles it, accept both;
+    `Verification-Token` wins when both are sent. This is the only place that knows.
+    """
+    for name in ("Verification-Token", "Validation-Token"):
+        value = _header(headers, name)
+        if value is not None:
+            return value
+    return None
+
+
+def token_matches(presented: str | None, expected: str) -> bool:
+    """Constant-time comparison; an unset expected token never matches anything."""
+    if presented is None or not expected:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+# --- Parsing ---------------------------------------------------------------------------------
+
+
+def parse_notification(raw_body: bytes) -> SessionNotification:
+    """Parse one webhook body. Raises InvalidNotification naming the offending field.
+
+    Only what the pipeline relies on is required — `uuid`, `event`, `body`, and for telephony
+    sessions `body.sequence`, `body.telephonySessionId`, `body.eventTime`, `body.parties[]` with
+    `id` and `status.code`. Every other field is checked for type only when present: rejecting a
+    harmless variation would answer RingCentral with a 4xx, and enough of those blacklist the
+    subscription. Unknown keys are ignored.
+    """
+    try:
+        envelope = json.loads(raw_body)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InvalidNotification(f"body is not JSON: {error}") from None
+    _require_object(envelope, "notification")
+    body = _required(envelope, "body", dict, "")
+    notification = SessionNotification(
+        uuid=_required(envelope, "uuid", str, ""),
+        event=_required(envelope, "event", str, ""),
+        timestamp=_optional_time(envelope, "timestamp", ""),
+        subscription_id=_optional(envelope, "subscriptionId", str, ""),
+        owner_id=_optional(envelope, "ownerId", str, ""),
+    )
+    if not notification.is_telephony_session:
+        return notification
+    return SessionNotification(
+        uuid=notification.uuid,
+        event=notification.event,
+        timestamp=notification.timestamp,
+        subscription_id=notification.subscription_id,
+        owner_id=notification.owner_id,
+        sequence=_required(body, "sequence", int, "body."),
+        telephony_session_id=_required(body, "telephonySessionId", str, "body."),
+        session_id=_optional(body, "sessionId", str, "body."),
+        event_time=_required_time(body, "eventTime", "body."),
+        parties=_parse_parties(body),
+    )
+
+
+def _parse_parties(body: Mapping[str, Any]) -> tuple[Party, ...]:
+    parties = _required(body, "parties", list, "body.")
+    return tuple(_parse_party(raw, f"body.parties[{index}].") for index, raw in enumerate(parties))
+
+
+def _parse_party(raw: Any, where: str) -> Party:
+    _require_object(raw, where.rstrip("."))
+    caller = _optional(raw, "from", dict, where) or {}
+    callee = _optional(raw, "to", dict, where) or {}
+    status = _required(raw, "status", dict, where)
+    return Party(
+        id=_required(raw, "id", str, where),
+        extension_id=_optional(raw, "extensionId", str, where),
+        account_id=_optional(raw, "accountId", str, where),
+        direction=_optional(raw, "direction", str, where),
+        from_number=_optional(caller, "phoneNumber", str, f"{where}from."),
+        from_extension_id=_optional(caller, "extensionId", str, f"{where}from."),
+        to_number=_optional(callee, "phoneNumber", str, f"{where}to."),
+        to_extension_id=_optional(callee, "extensionId", str, f"{where}to."),
+        status_code=_required(status, "code", str, f"{where}status."),
+        missed_call=_optional(raw, "missedCall", bool, where) or False,
+    )
+
+
+def _require_object(value: Any, name: str) -> None:
+    if not isinstance(value, dict):
+        raise InvalidNotification(f"{name} must be a JSON object, not {_json_type(value)}")
+
+
+def _required(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in container or container[key] is None:
+        raise InvalidNotification(f"{where}{key} is missing")
+    return _typed(container[key], key, kind, where)
+
+
+def _optional(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = container.get(key)
+    return None if value is None else _typed(value, key, kind, where)
+
+
+def _typed(value: Any, key: str, kind: type, where: str) -> Any:
+    # bool is a subclass of int in Python, but `"sequence": true` is not a sequence number.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidNotification(
+            f"{where}{key} must be {_JSON_NAMES[kind]}, not {_json_type(value)}"
+        )
+    return value
+
+
+def _required_time(container: Mapping[str, Any], key: str, where: str) -> datetime:
+    return _parse_time(_required(container, key, str, where), f"{where}{key}")
+
+
+def _optional_time(container: Mapping[str, Any], key: str, where: str) -> datetime | None:
+    text = _optional(container, key, str, where)
+    return None if text is None else _parse_time(text, f"{where}{key}")
+
+
+def _parse_time(text: str, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidNotification(f"{name} is not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise InvalidNotification(f"{name} has no UTC offset: {text!r}")
+    return moment.astimezone(timezone.utc)
+
+
+_JSON_NAMES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    bool: "a boolean",
+    dict: "an object",
+    list: "an array",
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+# --- Assembling one call ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One party's state at one point of the session."""
+
+    event_time: datetime
+    party: Party
+
+
+def assemble_call(
+    notifications: Sequence[SessionNotification],
+    firm_extension_ids: Collection[str],
+    default_region: str = "US",
+) -> FinishedCall | None:
+    """The finished call of one telephony session, or None while the firm user is still on it.
+
+    Rules (providers.md §1.1, §1.2, §1.4):
+
+    * Delivery is unordered and may repeat: notifications are deduplicated on `uuid` and read
+      in `sequence` order. Notifications of other event filters are ignored; mixing two
+      telephony sessions is a caller error (ValueError).
+    * The tracked party is the firm user's own leg: `parties[].extensionId` in
+      `firm_extension_ids`. If several firm legs exist (ring group, internal call), the first
+      one to answer is tracked, else the first one seen.
+    * The call is finished when the tracked party reaches `Disconnected` (or `Gone`, i.e.
+      transferred away); until then the result is None.
+    * Direction is from the firm user's side. RingCentral's `direction` is technical and
+      party-relative ("Inbound" = RingCentral set up this leg towards the endpoint), so it is
+      only the fallback: the user is the callee when their extension is in `to`, the caller
+      when it is in `from` (a RingOut leg can be "Inbound" for the user who is calling out).
+      The call is `internal` when the other side is an extension: its `extensionId` is set
+      (RingCentral resolves only its own account's extensions — INFERRED) or its number is a
+      short extension number.
+    * `started_at` is the earliest `eventTime` of the session; `ended_at` the tracked party's
+      Disconnected/Gone `eventTime`.
+    * `duration_seconds` is connected time: the tracked party's first `Answered` to its end,
+      hold included, rounded half up to whole seconds (RingCentral drops calls under half a
+      second of talk); 0 when never answered.
+    * `result`: `voicemail` if the tracked party reached `VoiceMail`, else `answered` if it was
+      `Answered`, else `missed` (whether or not RingCentral set `missedCall`).
+    * Numbers: the other side's number as sent (`external_number_raw`) and in E.164 (None for
+      extensions); the firm side's number in E.164 when it is one, else as sent (an extension).
+    """
+    ordered = _in_delivery_order(notifications)
+    if not ordered:
+        return None
+    _require_one_session(ordered)
+    snapshots = list(_snapshots(ordered))
+    tracked = _tracked_party_id(snapshots, firm_extension_ids)
+    if tracked is None:
+        return None
+    history = _history_until_end(snapshots, tracked)
+    if history[-1].party.status_code not in _ENDED:
+        return None
+    return _finished_call(ordered, history, default_region)
+
+
+def _in_delivery_order(notifications: Sequence[SessionNotification]) -> list[SessionNotification]:
+    unique = {n.uuid: n for n in notifications if n.is_telephony_session}
+    return sorted(unique.values(), key=lambda n: (n.sequence, n.event_time, n.uuid))
+
+
+def _require_one_session(ordered: Sequence[SessionNotification]) -> None:
+    sessions = {n.telephony_session_id for n in ordered}
+    if len(sessions) > 1:
+        raise ValueError(f"notifications of several telephony sessions: {sorted(sessions)}")
+
+
+def _snapshots(ordered: Sequence[SessionNotification]) -> Iterator[_Snapshot]:
+    for notification in ordered:
+        # Only telephony-session notifications get here, and those always carry an eventTime.
+        assert notification.event_time is not None
+        for party in notification.parties:
+            yield _Snapshot(notification.event_time, party)
+
+
+def _tracked_party_id(
+    snapshots: Sequence[_Snapshot], firm_extension_ids: Collection[str]
+) -> str | None:
+    firm = [s for s in snapshots if s.party.extension_id in firm_extension_ids]
+    answered = [s for s in firm if s.party.status_code == _ANSWERED]
+    chosen = answered or firm
+    return chosen[0].party.id if chosen else None
+
+
+def _history_until_end(snapshots: Sequence[_Snapshot], party_id: str) -> list[_Snapshot]:
+    history: list[_Snapshot] = []
+    for snapshot in snapshots:
+        if snapshot.party.id != party_id:
+            continue
+        history.append(snapshot)
+        if snapshot.party.status_code in _ENDED:
+            break
+    return history
+
+
+def _finished_call(
+    ordered: Sequence[SessionNotification],
+    history: Sequence[_Snapshot],
+    default_region: str,
+) -> FinishedCall:
+    end = history[-1]
+    user = _merged_party(history)
+    user_is_caller = _user_is_caller(user)
+    other_number = user.to_number if user_is_caller else user.from_number
+    other_extension = user.to_extension_id if user_is_caller else user.from_extension_id
+    firm_number = user.from_number if user_is_caller else user.to_number
+    internal = other_extension is not None or is_extension(other_number)
+    started_at = min(n.event_time for n in ordered if n.event_time is not None)
+    answered_at = next((s.event_time for s in history if s.party.status_code == _ANSWERED), None)
+    return FinishedCall(
+        provider_call_id=str(ordered[0].telephony_session_id),
+        direction="internal" if internal else ("outbound" if user_is_caller else "inbound"),
+        external_number_e164=normalise(other_number, default_region),
+        external_number_raw=other_number,
+        internal_number=_firm_side_number(firm_number, default_region),
+        provider_user_id=str(user.extension_id),
+        started_at=started_at,
+        ended_at=end.event_time,
+        duration_seconds=_whole_seconds(end.event_time - answered_at) if answered_at else 0,
+        result=_result(history),
+        last_sequence=max(n.sequence for n in ordered if n.sequence is not None),
+    )
+
+
+def _merged_party(history: Sequence[_Snapshot]) -> Party:
+    """The tracked party with each field's latest non-null value: later events may omit some."""
+    merged = history[0].party
+    for snapshot in history[1:]:
+        present = {
+            field.name: value
+            for field in fields(Party)
+            if (value := getattr(snapshot.party, field.name)) is not None
+        }
+        merged = replace(merged, **present)
+    return merged
+
+
+def _user_is_caller(user: Party) -> bool:
+    if user.extension_id is not None:
+        if user.to_extension_id == user.extension_id:
+            return False
+        if user.from_extension_id == user.extension_id:
+            return True
+    return user.direction == "Outbound"
+
+
+def _firm_side_number(number: str | None, default_region: str) -> str | None:
+    if number is None:
+        return None
+    return normalise(number, default_region) or number.strip() or None
+
+
+def _whole_seconds(span: timedelta) -> int:
+    """Seconds rounded half up, in integer microseconds so no float ever touches a duration."""
+    microseconds = max(span // timedelta(microseconds=1), 0)
+    return (microseconds + _MICROSECONDS_PER_SECOND // 2) // _MICROSECONDS_PER_SECOND
+
+
+def _result(history: Sequence[_Snapshot]) -> str:
+    codes = {s.party.status_code for s in history}
+    if _VOICEMAIL in codes:
+        return "voicemail"
+    if _ANSWERED in codes:
+        return "answered"
+    return "missed"

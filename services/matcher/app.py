@@ -1,0 +1,106 @@
+"""The matcher service: a Faust agent over `call.ended` that looks the caller up in the firm's
+directory and publishes `call.matched`; plus the directory sync, on a timer and on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from faust.contrib.asgi import faust_app_running
+
+from calltime import kafka, metrics, topics, web
+from calltime.billing.connect import BillingClients
+from calltime.events import CallEnded, CallMatched
+from calltime.firms import UnknownFirm, load_firm
+from calltime.matcher import directory
+from calltime.matcher.domain import decide
+from calltime.matcher.sync import sync_firm
+from calltime.runtime import Runtime, service_runtime
+from calltime.settings import Settings
+
+SERVICE = "matcher"
+log = logging.getLogger(__name__)
+
+
+async def match_call(runtime: Runtime, call: CallEnded) -> CallMatched:
+    async with runtime.pool.acquire() as conn:
+        found = await directory.lookup(conn, call.firm_id, call.external_number_e164)
+    match = decide(found, direction=call.direction)
+    metrics.OUTCOMES.labels(SERVICE, "match", match.outcome.value).inc()
+    return CallMatched(
+        event_id=str(uuid.uuid4()), firm_id=call.firm_id, call=call,
+        outcome=match.outcome.value, client_id=match.client_id, client_name=match.client_name,
+        matter=match.matter, candidates=match.candidates, matched_at=datetime.now(timezone.utc))
+
+
+async def sync_directory(runtime: Runtime, clients: BillingClients, firm_id: str):
+    firm = await load_firm(runtime.pool, firm_id)
+    return await sync_firm(runtime.pool, clients.for_firm(firm), firm_id, firm.phone_region)
+
+
+async def sync_all_periodically(runtime: Runtime, clients: BillingClients, every: float) -> None:
+    while True:
+        for firm_id in await runtime.pool.fetch("SELECT firm_id FROM core.firms"):
+            try:
+                await sync_directory(runtime, clients, firm_id["firm_id"])
+            except Exception as exc:  # noqa: BLE001 - one firm's outage must not stop the others
+                log.warning("directory sync failed", extra={"firm_id": firm_id["firm_id"],
+                                                            "error": repr(exc)})
+        await asyncio.sleep(every)
+
+
+def directory_router() -> APIRouter:
+    router = APIRouter(tags=["directory"])
+
+    @router.post("/firms/{firm_id}/directory/sync")
+    async def sync_now(firm_id: str, request: Request) -> dict:
+        state = request.app.state
+        try:
+            report = await sync_directory(state.runtime, state.billing_clients, firm_id)
+        except UnknownFirm as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return report.__dict__
+
+    return router
+
+
+def create_app(settings: Settings) -> FastAPI:
+    stream_app = kafka.faust_app(settings, SERVICE)
+    calls = kafka.faust_topic(stream_app, settings, topics.CALL_ENDED)
+    api = FastAPI(title="calltime matcher")
+
+    @stream_app.agent(calls, concurrency=1)
+    async def match(stream):
+        async for message in stream.events():
+            await kafka.handle_with_policy(
+                api.state.runtime.publisher, topics.CALL_ENDED, message.key, message.value,
+                kafka.faust_headers(message),
+                lambda call: _match_and_publish(api.state.runtime, call))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with service_runtime(settings, SERVICE) as runtime:
+            app.state.runtime = runtime
+            app.state.billing_clients = BillingClients()
+            syncing = asyncio.create_task(sync_all_periodically(
+                runtime, app.state.billing_clients, settings.directory_sync_seconds))
+            async with faust_app_running(stream_app):
+                app.state.readiness_checks = runtime.readiness_checks()
+                try:
+                    yield
+                finally:
+                    syncing.cancel()
+
+    api.router.lifespan_context = lifespan
+    web.limit_body_size(api, SERVICE, 16 * 1024)
+    api.include_router(web.ops_router())
+    api.include_router(directory_router())
+    return api
+
+
+async def _match_and_publish(runtime: Runtime, call: CallEnded) -> None:
+    await runtime.publisher.publish(await match_call(runtime, call))
