@@ -87,11 +87,14 @@ def decode(value: bytes, headers: typing.Iterable[tuple[str, bytes]]) -> Any:
         cls = EVENT_TYPES[found[SCHEMA_HEADER].decode()]
         topic = EVENT_TOPICS[cls]
         writer_version = int(found[VERSION_HEADER])
+        stream = io.BytesIO(value)
         record = fastavro.schemaless_reader(
-            io.BytesIO(value),
+            stream,
             parsed_schema(topic, writer_version),
             parsed_schema(topic, current_version(topic)),
         )
+        if stream.tell() != len(value):
+            raise ValueError(f"{len(value) - stream.tell()} bytes left after the event")
         return from_record(cls, record)
     except (KeyError, ValueError, TypeError, EOFError, IndexError, StopIteration) as exc:
         raise UndecodableMessage(f"cannot decode message: {exc!r}") from exc

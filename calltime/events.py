@@ -84,8 +84,8 @@ class DraftCreated:
     narrative: str
     billable: bool
     review_state: str
-    flags: tuple[str, ...] = field(default_factory=tuple)
-    created_at: datetime | None = None
+    flags: tuple[str, ...]
+    created_at: datetime
 
 
 @dataclass(frozen=True)

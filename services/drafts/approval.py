@@ -53,7 +53,10 @@ def verify(token: str, key: bytes, *, now: int) -> ApprovalGrant:
         raise InvalidApprovalLink("approval link signature does not match")
     try:
         firm_id, draft_id, expires_at = json.loads(payload)
-    except ValueError as exc:
+        if not (isinstance(firm_id, str) and isinstance(draft_id, str)
+                and isinstance(expires_at, int)):
+            raise ValueError("wrong field types")
+    except (ValueError, TypeError) as exc:
         raise InvalidApprovalLink("malformed approval link") from exc
     if now >= expires_at:
         raise InvalidApprovalLink("approval link has expired")

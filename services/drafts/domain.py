@@ -92,8 +92,8 @@ def build_draft(matched: CallMatched, policy: DraftPolicy, *, now: datetime) -> 
     call = matched.call
     review = REVIEW_STATES[matched.outcome]
     hours = billed_hours(call.duration_seconds, policy.rounding)
-    subject = (matched.matter.description if matched.matter else
-               matched.client_name or call.external_number_e164 or "unknown caller")
+    subject = ((matched.matter.description if matched.matter else None) or matched.client_name
+               or call.external_number_e164 or "unknown caller")
     flags = []
     if review is ReviewState.VERIFY_MATTER_STATUS:
         flags.append("verify matter status before approving: no open matter")

@@ -42,7 +42,8 @@ def parse_hours(text: str) -> Decimal:
         hours = Decimal(text)
     except InvalidOperation as exc:
         raise ApprovalRefused(f"billed_hours {text!r} is not a number") from exc
-    if not hours.is_finite() or hours <= 0 or hours % TENTH != 0 or hours > 24:
+    # bounds first: the remainder of a huge Decimal is itself an arithmetic error
+    if not hours.is_finite() or hours <= 0 or hours > 24 or hours % TENTH != 0:
         raise ApprovalRefused("billed_hours must be a positive multiple of 0.1, at most 24")
     return hours.quantize(TENTH)
 
@@ -54,13 +55,17 @@ def approve(stored: StoredDraft, edits: ApprovalEdits, *, firm_matter_ids: set[s
         raise AlreadyApproved("this draft has already been approved")
     if draft.attorney_user_id is None:
         raise ApprovalRefused("the call has no attorney; assign the phone user first")
+    # an empty edit is a cleared field, not "keep the draft's value" (that is None)
+    for name in ("matter_id", "billed_hours"):
+        if getattr(edits, name) == "":
+            raise ApprovalRefused(f"{name} cannot be empty; leave it out to keep the draft's")
     matter_id = edits.matter_id or (draft.matter.matter_id if draft.matter else None)
     if matter_id is None:
         raise ApprovalRefused("choose a matter for this entry (matter_id)")
     if matter_id not in firm_matter_ids:
         raise ApprovalRefused(f"matter {matter_id!r} is not one of this firm's matters")
-    hours = parse_hours(edits.billed_hours) if edits.billed_hours else draft.billed_hours
-    narrative = (edits.narrative or draft.narrative).strip()
+    hours = parse_hours(edits.billed_hours) if edits.billed_hours is not None else draft.billed_hours
+    narrative = (draft.narrative if edits.narrative is None else edits.narrative).strip()
     if not narrative:
         raise ApprovalRefused("the narrative cannot be empty")
     edited = tuple(name for name, changed in (

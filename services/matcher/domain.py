@@ -68,7 +68,7 @@ def decide(lookup: Lookup, *, direction: str) -> Match:
         # A known contact who is nobody's client: opposing party, vendor, co-counsel.
         return Match(MatchOutcome.NON_CLIENT, None, None, None, ())
     matters = tuple(sorted({m for client in clients for m in client.matters},
-                           key=lambda m: m.display_number))
+                           key=lambda m: (m.display_number, m.matter_id)))
     active = tuple(m for m in matters if m.status in ACTIVE_STATUSES)
     client = _owning_client(clients, active or matters)
     client_id = client.contact_id if client else None

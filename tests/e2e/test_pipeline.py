@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import asyncpg
 import httpx
 
 from calltime import topics
 from calltime.fakes.ringcentral import CallSpec, RingCentralSimulator
-from pipeline_support import eventually, read_topic
+from calltime.demo.watch import eventually, read_topic
 
 
 def webhook_url(p) -> str:
@@ -91,3 +92,87 @@ async def _one_activity(p, draft_id: str) -> dict | None:
     found = activities_for(p, draft_id)
     assert len(found) <= 1, f"duplicate Clio activities: {found}"
     return found[0] if found else None
+
+
+async def approved_draft(p, spec: CallSpec) -> dict:
+    call_id = f"ringcentral:{spec.telephony_session_id}"
+    async with RingCentralSimulator(webhook_url(p), p.firm.ringcentral_verification_token) as rc:
+        await rc.place_call(spec)
+    return await eventually(lambda: draft_for(p, call_id), what="the draft")
+
+
+async def ledger_row(p, draft_id: str):
+    conn = await asyncpg.connect(p.stack.database_url)
+    try:
+        return await conn.fetchrow("SELECT * FROM writer.ledger WHERE firm_id = $1 AND draft_id = $2",
+                                   p.firm.firm_id, draft_id)
+    finally:
+        await conn.close()
+
+
+async def test_writer_killed_between_clio_post_and_its_commit_still_leaves_one_activity(pipeline):
+    p = pipeline
+    await sync_directory(p)
+    spec = client_call(p, started_at=datetime(2026, 11, 20, 17, 0, tzinfo=timezone.utc),
+                       talk_seconds=7 * 60)
+    draft = await approved_draft(p, spec)
+    # Clio commits the TimeEntry, then holds its answer: the writer is mid-request when killed.
+    p.clio.set_faults(delay_after_commit_seconds=60)
+    try:
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(draft["approve_url"])).status_code == 200
+        await eventually(lambda: _one_activity(p, draft["draft_id"]), what="the committed POST")
+        p.stack.services["billing-writer"].kill()
+    finally:
+        p.clio.set_faults(delay_after_commit_seconds=0)
+    row = await ledger_row(p, draft["draft_id"])
+    assert row["state"] == "intent" and row["entry_attempted"]
+
+    await p.stack.restart("billing-writer")
+    row = await eventually(lambda: _written(p, draft["draft_id"]), what="the ledger to say written")
+    assert row["attempts"] == 2
+    assert len(activities_for(p, draft["draft_id"])) == 1
+    entries = await read_topic(p.stack.kafka_bootstrap, p.stack.topic_prefix + topics.ENTRY_WRITTEN)
+    assert [e.entry_id for e in entries if e.draft_id == draft["draft_id"]] == [row["entry_id"]]
+
+
+async def _written(p, draft_id: str):
+    row = await ledger_row(p, draft_id)
+    return row if row and row["state"] == "written" else None
+
+
+async def test_forged_malformed_and_oversized_webhooks_are_refused_and_publish_nothing(pipeline):
+    p = pipeline
+    spec = client_call(p, started_at=datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc),
+                       talk_seconds=300)
+    async with RingCentralSimulator(webhook_url(p), "not-the-firm-token") as forger:
+        forged = await forger.place_call(spec)
+    assert {r.status_code for r in forged} == {401}
+
+    good_headers = {"Verification-Token": p.firm.ringcentral_verification_token,
+                    "Content-Type": "application/json"}
+    async with httpx.AsyncClient() as http:
+        not_json = await http.post(webhook_url(p), content=b"{not json", headers=good_headers)
+        wrong_shape = await http.post(webhook_url(p), content=b"[1, 2]", headers=good_headers)
+        oversized = await http.post(webhook_url(p), content=b"{" + b" " * 200_000 + b"}",
+                                    headers=good_headers)
+        other_firm = await http.post(webhook_url(p).replace(p.firm.firm_id, "no-such-firm"),
+                                     content=b"{}", headers=good_headers)
+        health = await http.get(f"{p.stack.url('ingest')}/healthz")
+    assert not_json.status_code == 400 and "JSON" in not_json.json()["detail"]
+    assert wrong_shape.status_code == 400 and wrong_shape.json()["detail"]
+    assert oversized.status_code == 413
+    assert other_firm.status_code == 404
+    assert health.status_code == 200
+
+    call_id = f"ringcentral:{spec.telephony_session_id}"
+    ended = await read_topic(p.stack.kafka_bootstrap, p.stack.topic_prefix + topics.CALL_ENDED)
+    assert [e for e in ended if e.call_id == call_id] == []
+    conn = await asyncpg.connect(p.stack.database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM ingest.ringcentral_notifications WHERE telephony_session_id = $1",
+            spec.telephony_session_id)
+    finally:
+        await conn.close()
+    assert stored == 0

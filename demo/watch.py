@@ -1,5 +1,5 @@
-"""Helpers for tests that watch the real pipeline: read a topic from its beginning, and wait for
-a condition with a deadline instead of sleeping a fixed time."""
+"""Watching the real pipeline from outside (demo, tests, benchmarks): read a topic from its
+beginning, and wait for a condition with a deadline instead of sleeping a fixed time."""
 
 from __future__ import annotations
 

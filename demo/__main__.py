@@ -1,0 +1,230 @@
+"""`python -m calltime.demo`: one firm's day of calls through the whole pipeline, on the real
+broker and database, with the fake Clio and the RingCentral simulator standing in for the SaaS
+APIs — ending in a summary of what was captured.
+
+Infrastructure comes from CALLTIME_KAFKA_BOOTSTRAP / CALLTIME_DATABASE_URL, or the devstack
+defaults (`make demo` starts it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from calltime import topics
+from calltime.demo import scenario
+from calltime.demo.stack import FirmSetup, LocalStack, register_firm
+from calltime.demo.watch import read_topic
+from calltime.fakes.clio import FakeClioServer, FakeClioState
+from calltime.fakes.ringcentral import RingCentralSimulator
+from calltime.settings import Settings
+
+CLIO_TOKEN = "demo-clio-token"
+RC_TOKEN = "demo-ringcentral-verification-token"
+REVIEW_KEY = "demo-review-key"
+# Clio allows 50 requests/min per token at peak and more off-peak; the demo runs "off-peak".
+CLIO_REQUESTS_PER_MINUTE = 600
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def progress(label: str, done: int, total: int) -> None:
+    """A bar redrawn in place on a terminal; on a pipe or log, one line per quarter."""
+    if sys.stdout.isatty():
+        filled = 30 * done // max(total, 1)
+        sys.stdout.write(f"\r  {label:<22} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    quarter = max(total // 4, 1)
+    if done == total or done % quarter == 0:
+        say(f"  {label:<22} {done}/{total}")
+
+
+async def place_calls(stack: LocalStack, calls) -> dict[str, float]:
+    """Deliver every call's webhooks (8 at a time); returns when each call was accepted."""
+    url = f"{stack.url('ingest')}/webhooks/ringcentral/{scenario.FIRM_ID}"
+    accepted: dict[str, float] = {}
+    gate = asyncio.Semaphore(8)
+    async with RingCentralSimulator(url, RC_TOKEN) as rc:
+        if not await rc.validate():
+            raise SystemExit("demo: the webhook failed RingCentral's validation handshake")
+
+        async def one(spec) -> None:
+            async with gate:
+                responses = await rc.place_call(spec)
+                if any(r.status_code != 200 for r in responses):
+                    raise SystemExit(f"demo: webhook refused: {responses[-1].text}")
+                accepted[f"ringcentral:{spec.telephony_session_id}"] = time.time()
+                progress("webhooks delivered", len(accepted), len(calls))
+
+        await asyncio.gather(*(one(spec) for _kind, spec in calls))
+    return accepted
+
+
+async def wait_for(label: str, probe, total: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = await probe()
+        progress(label, min(done, total), total)
+        if done >= total:
+            return done
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: only {done} of {total} {label} after {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def review_queue(http: httpx.AsyncClient, stack: LocalStack) -> list[dict]:
+    response = await http.get(f"{stack.url('drafts')}/firms/{scenario.FIRM_ID}/drafts",
+                              headers={"Authorization": f"Bearer {REVIEW_KEY}"},
+                              params={"limit": 1000})
+    response.raise_for_status()
+    return response.json()
+
+
+async def approve_as_attorneys(http: httpx.AsyncClient, drafts: list[dict]) -> Counter:
+    """What each attorney does with the notification: approve a ready draft; pick the first
+    open matter when several are open; leave the rest in the review queue."""
+    done: Counter = Counter()
+    pending = [d for d in drafts if d["state"] == "pending"]
+    for index, draft in enumerate(pending, 1):
+        if draft["review_state"] == "ready":
+            response = await http.post(draft["approve_url"])
+            done["approved as drafted"] += response.status_code == 200
+        elif draft["review_state"] == "needs_matter" and draft["candidates"]:
+            choice = {"matter_id": draft["candidates"][0]["matter_id"]}
+            response = await http.post(draft["approve_url"], json=choice)
+            done["approved with a matter chosen"] += response.status_code == 200
+        else:
+            done[f"left for review ({draft['review_state']})"] += 1
+        progress("drafts reviewed", index, len(pending))
+    return done
+
+
+def summarise(calls, accepted, matched, drafts, reviewed, entries, clio_entries) -> None:
+    outcomes = Counter(m.outcome for m in matched)
+    hours = sum((e.billed_hours for e in entries), Decimal(0))
+    dollars = sum((e.amount for e in entries), Decimal(0))
+    by_call = {d["call_id"]: d for d in drafts}
+    end_to_end = sorted(e.written_at.timestamp() - accepted[e.call_id] for e in entries)
+    machine = sorted(by_call[e.call_id]["created_at_epoch"] - accepted[e.call_id] for e in entries)
+    say("")
+    say(f"calltime demo — {scenario.FIRM_NAME}, one day, {len(scenario.ATTORNEYS)} attorneys")
+    say(f"  calls received           {len(accepted)} of {len(calls)} placed")
+    say("  match outcomes")
+    for outcome, count in sorted(outcomes.items(), key=lambda kv: -kv[1]):
+        say(f"    {outcome:<24} {count}")
+    say(f"  drafts created           {len(drafts)}"
+        f"  ({len(calls) - len(drafts)} calls needed none: internal, vendor or missed)")
+    for what, count in sorted(reviewed.items()):
+        say(f"    {what:<34} {count}")
+    say(f"  entries written to Clio  {len(entries)} (Clio holds {clio_entries} for this firm)")
+    say(f"  hours captured           {hours} h")
+    say(f"  dollars captured         ${dollars:,.2f}")
+    if end_to_end:
+        say(f"  webhook accepted -> entry written: median {statistics.median(end_to_end):.2f} s,"
+            f" max {max(end_to_end):.2f} s (includes the attorney's review step)")
+        say(f"  webhook accepted -> draft ready:   median {statistics.median(machine):.2f} s,"
+            f" max {max(machine):.2f} s")
+
+
+async def run_demo() -> None:
+    settings = Settings()
+    run_dir = Path(tempfile.mkdtemp(prefix="calltime-demo-"))
+    rng = random.Random(int(os.environ.get("CALLTIME_DEMO_SEED", "2026")))
+    clio_state = FakeClioState(rate_limit=CLIO_REQUESTS_PER_MINUTE)
+    directory = scenario.seed_clio(clio_state, CLIO_TOKEN, rng)
+    calls = scenario.day_of_calls(directory, rng)
+    with FakeClioServer(clio_state) as clio:
+        stack = LocalStack(settings.database_url, settings.kafka_bootstrap, run_dir)
+        await stack.create_database()
+        await register_firm(stack, FirmSetup(
+            firm_id=scenario.FIRM_ID, name=scenario.FIRM_NAME, clio_base_url=clio.base_url,
+            clio_token=CLIO_TOKEN, ringcentral_account_id=scenario.RINGCENTRAL_ACCOUNT,
+            ringcentral_verification_token=RC_TOKEN, review_api_key=REVIEW_KEY,
+            extensions=directory.attorney_ids))
+        try:
+            say(f"starting the four services (logs in {run_dir})")
+            ready = await stack.start_services()
+            say("  ready in " + ", ".join(f"{k} {v:.1f} s" for k, v in ready.items()))
+            async with httpx.AsyncClient(timeout=30) as http:
+                sync = (await http.post(f"{stack.url('matcher')}/firms/{scenario.FIRM_ID}"
+                                        "/directory/sync")).json()
+                say(f"directory synced from Clio: {sync['users']} users, {sync['contacts']}"
+                    f" contacts, {sync['matters']} matters")
+                accepted = await place_calls(stack, calls)
+                expected = await expected_drafts(stack)
+                await wait_for("drafts created", lambda: _count(review_queue(http, stack)),
+                               expected)
+                drafts = await review_queue(http, stack)
+                reviewed = await approve_as_attorneys(http, drafts)
+                approved = sum(v for k, v in reviewed.items() if k.startswith("approved"))
+                await wait_for("entries written", lambda: _written(stack), approved)
+            matched = await read_topic(stack.kafka_bootstrap, stack.topic_prefix + topics.CALL_MATCHED)
+            entries = await read_topic(stack.kafka_bootstrap, stack.topic_prefix + topics.ENTRY_WRITTEN)
+            for draft in drafts:
+                draft["created_at_epoch"] = _epoch(draft["created_at"])
+            summarise(calls, accepted, matched, drafts, reviewed, entries,
+                      len([a for a in clio_state.activities(scenario.FIRM_ID)
+                           if a["type"] == "TimeEntry"]))
+        finally:
+            stack.stop_services()
+            await stack.drop_database()
+
+
+async def expected_drafts(stack: LocalStack) -> int:
+    """Every answered call with an outside party earns a draft, once the matcher has seen it."""
+    matched = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        matched = await read_topic(stack.kafka_bootstrap, stack.topic_prefix + topics.CALL_MATCHED,
+                                   idle_seconds=1.0)
+        received = await _calls_received(stack)
+        if len({m.call.call_id for m in matched}) >= received:
+            break
+    return sum(1 for m in {m.call.call_id: m for m in matched}.values()
+               if m.outcome != "non_client" and m.call.result == "answered")
+
+
+async def _calls_received(stack: LocalStack) -> int:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM ingest.calls")
+    finally:
+        await conn.close()
+
+
+async def _written(stack: LocalStack) -> int:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM writer.ledger WHERE state = 'written'")
+    finally:
+        await conn.close()
+
+
+async def _count(awaitable) -> int:
+    return len(await awaitable)
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+if __name__ == "__main__":
+    asyncio.run(run_demo())

@@ -1,0 +1,108 @@
+"""The demo's firm and its day of calls: a 4-attorney firm on RingCentral and Clio, 85 calls
+(clients with one or several matters, clients without an open matter, unknown numbers, internal
+and vendor lines, missed calls), deterministic for a given seed."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from calltime.fakes.clio import FakeClioState
+from calltime.fakes.ringcentral import CallSpec
+
+FIRM_ID = "harbor-vale"
+FIRM_NAME = "Harbor & Vale LLP"
+RINGCENTRAL_ACCOUNT = "400100200"
+FIRM_MAIN_NUMBER = "+13125550100"
+DAY = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)  # 09:00 in New York
+
+ATTORNEYS = [  # name, hourly rate, time zone, RingCentral extension id, extension number
+    ("Dana Whitfield", "350.00", "America/New_York", "62100001", "101"),
+    ("Luis Carranza", "295.00", "America/Chicago", "62100002", "102"),
+    ("Priya Natarajan", "425.00", "America/Denver", "62100003", "103"),
+    ("Owen Brandt", "310.00", "America/Los_Angeles", "62100004", "104"),
+]
+
+CALL_MIX = {  # kind of caller -> number of calls; 85 in all
+    "one_matter": 38,
+    "several_matters": 12,
+    "no_matter": 5,
+    "closed_matter": 4,
+    "unknown": 12,
+    "internal": 6,
+    "vendor": 3,
+    "missed": 5,
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    kind: str
+    number: str
+
+
+@dataclass
+class Directory:
+    attorney_ids: dict[str, str]  # RingCentral extension id -> Clio user id
+    callers: dict[str, list[Caller]]
+
+
+def _number(rng: random.Random, area: str) -> str:
+    return f"+1{area}555{rng.randint(200, 9999):04d}"
+
+
+def seed_clio(clio: FakeClioState, token: str, rng: random.Random) -> Directory:
+    clio.add_firm(FIRM_ID, FIRM_NAME)
+    attorney_ids = {}
+    for index, (name, rate, zone, extension, _number_) in enumerate(ATTORNEYS):
+        user = clio.add_user(FIRM_ID, name=name, rate=Decimal(rate), time_zone=zone,
+                             phone_number=f"+1312555{1000 + index}",
+                             tokens=[token] if index == 0 else ())
+        attorney_ids[extension] = str(user)
+    callers: dict[str, list[Caller]] = {kind: [] for kind in CALL_MIX}
+    plans = [("one_matter", 20, ["Open"]), ("several_matters", 6, ["Open", "Open", "Closed"]),
+             ("no_matter", 4, []), ("closed_matter", 3, ["Closed"])]
+    for kind, clients, statuses in plans:
+        for n in range(clients):
+            number = _number(rng, rng.choice(["312", "773", "415", "212"]))
+            written = f"({number[2:5]}) {number[5:8]}-{number[8:]}"  # as staff type it
+            contact = clio.add_contact(FIRM_ID, name=f"{kind.replace('_', ' ').title()} Client {n + 1}",
+                                       is_client=True, phone_numbers=[written])
+            for m, status in enumerate(statuses):
+                clio.add_matter(FIRM_ID, display_number=f"{contact:05d}-{m + 1}",
+                                description=f"Matter {m + 1} of client {contact}", status=status,
+                                client_id=contact)
+            callers[kind].append(Caller(kind, number))
+    # a known contact who is nobody's client: calls with them make no billable draft
+    clio.add_contact(FIRM_ID, name="Lakeshore Court Reporters", type="Company", is_client=False,
+                     phone_numbers=["312-555-0188"])
+    callers["vendor"].append(Caller("vendor", "+13125550188"))
+    callers["unknown"] = [Caller("unknown", _number(rng, "630")) for _ in range(12)]
+    callers["missed"] = callers["one_matter"][:5]
+    return Directory(attorney_ids, callers)
+
+
+def day_of_calls(directory: Directory, rng: random.Random) -> list[tuple[str, CallSpec]]:
+    """(kind, call) pairs spread over one business day, attorneys in four time zones."""
+    calls = []
+    for kind, count in CALL_MIX.items():
+        for i in range(count):
+            name, _rate, _zone, extension, ext_number = rng.choice(ATTORNEYS)
+            start = DAY + timedelta(minutes=rng.randint(0, 17 * 60))  # until 07:00 UTC next day
+            talk = rng.randint(40, 45 * 60)
+            spec = dict(account_id=RINGCENTRAL_ACCOUNT, extension_id=extension,
+                        extension_number=ext_number, firm_number=FIRM_MAIN_NUMBER,
+                        started_at=start, talk_seconds=talk,
+                        direction=rng.choice(["inbound", "inbound", "outbound"]))
+            if kind == "internal":
+                other = rng.choice([a for a in ATTORNEYS if a[3] != extension])
+                spec.update(other_extension_id=other[3], external_number=other[4])
+            else:
+                spec["external_number"] = directory.callers[kind][i % len(directory.callers[kind])].number
+            if kind == "missed":
+                spec.update(direction="inbound", outcome="missed")
+            calls.append((kind, CallSpec(**spec)))
+    rng.shuffle(calls)
+    return calls
