@@ -41,6 +41,9 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+_last_shown: dict[str, int] = {}
+
+
 def progress(label: str, done: int, total: int) -> None:
     """A bar redrawn in place on a terminal; on a pipe or log, one line per quarter."""
     if sys.stdout.isatty():
@@ -51,7 +54,8 @@ def progress(label: str, done: int, total: int) -> None:
         sys.stdout.flush()
         return
     quarter = max(total // 4, 1)
-    if done == total or done % quarter == 0:
+    if _last_shown.get(label) != done and (done == total or done % quarter == 0):
+        _last_shown[label] = done
         say(f"  {label:<22} {done}/{total}")
 
 
