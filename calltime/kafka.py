@@ -167,6 +167,20 @@ def faust_topic(app: faust.App, settings: Settings, base_topic: str) -> faust.To
                      value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
+def policy_agent(stream_app: faust.App, settings: Settings, base_topic: str,
+                 publisher: Callable[[], Publisher],
+                 handler: Callable[[Any], Awaitable[None]]) -> None:
+    """Declare the service's one Faust agent over `base_topic`: concurrency 1, every message
+    run through `handle_with_policy` (the publisher exists only once the app has started)."""
+    topic = faust_topic(stream_app, settings, base_topic)
+
+    @stream_app.agent(topic, concurrency=1, name=f"{base_topic}-agent")
+    async def agent(stream):
+        async for message in stream.events():
+            await handle_with_policy(publisher(), base_topic, message.key, message.value,
+                                     faust_headers(message), handler)
+
+
 def faust_headers(event: Any) -> list[tuple[str, bytes]]:
     """Faust hands headers over as a list of pairs or a mapping, depending on the driver path."""
     headers = event.headers or []

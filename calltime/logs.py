@@ -14,14 +14,15 @@ import sys
 from datetime import datetime, timezone
 from typing import Iterator
 
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("calltime_log_context",
-                                                                          default={})
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "calltime_log_context", default=None)
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 @contextlib.contextmanager
 def bound(**ids: str | None) -> Iterator[None]:
-    token = _context.set({**_context.get(), **{k: v for k, v in ids.items() if v is not None}})
+    token = _context.set({**(_context.get() or {}),
+                          **{k: v for k, v in ids.items() if v is not None}})
     try:
         yield
     finally:
@@ -40,7 +41,7 @@ class JsonFormatter(logging.Formatter):
             "service": self.service,
             "logger": record.name,
             "msg": record.getMessage(),
-            **_context.get(),
+            **(_context.get() or {}),
         }
         line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
         if record.exc_info:

@@ -49,6 +49,13 @@ class OutboxRelay:
         await self.listener.add_listener(f"{self.schema}_outbox", self._on_notify)
         self.task = asyncio.create_task(self.run(), name=f"{self.schema}-outbox-relay")
 
+    async def __aenter__(self) -> "OutboxRelay":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         if self.task:
             self.task.cancel()
@@ -84,7 +91,7 @@ class OutboxRelay:
                 " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", BATCH)
             await self.publisher.send_batch(
                 (row["topic"], row["key"], row["value"],
-                 list(zip(row["header_names"], row["header_values"]))) for row in rows)
+                 list(zip(row["header_names"], row["header_values"], strict=False))) for row in rows)
             if rows:
                 await conn.execute(
                     f"UPDATE {self.schema}.outbox SET published_at = clock_timestamp()"

@@ -462,7 +462,7 @@ def _topic_problems(topic: str, versions: dict[int, Any]) -> list[str]:
     codec resolves any historical writer straight into the newest reader, and two compatible
     steps need not make a compatible pair (a default added in v2 and dropped in v3)."""
     numbers = sorted(versions)
-    steps = [(new, old) for old, new in zip(numbers, numbers[1:])]
+    steps = [(new, old) for old, new in zip(numbers, numbers[1:], strict=False)]
     newest_against_older = [(numbers[-1], old) for old in numbers[:-2]]  # [:-2]: not the step
     problems: list[str] = []
     for new, old in steps + newest_against_older:

@@ -59,8 +59,9 @@ def progress(label: str, done: int, total: int) -> None:
         say(f"  {label:<22} {done}/{total}")
 
 
-async def place_calls(stack: LocalStack, calls) -> dict[str, float]:
-    """Deliver every call's webhooks (8 at a time); returns when each call was accepted."""
+async def place_calls(stack: LocalStack, calls, response_times: list[float]) -> dict[str, float]:
+    """Deliver every call's webhooks (8 calls at a time); returns when each call was accepted
+    and appends each webhook's response time."""
     url = f"{stack.url('ingest')}/webhooks/ringcentral/{scenario.FIRM_ID}"
     accepted: dict[str, float] = {}
     gate = asyncio.Semaphore(8)
@@ -71,6 +72,7 @@ async def place_calls(stack: LocalStack, calls) -> dict[str, float]:
         async def one(spec) -> None:
             async with gate:
                 responses = await rc.place_call(spec)
+                response_times.extend(r.elapsed.total_seconds() for r in responses)
                 if any(r.status_code != 200 for r in responses):
                     raise SystemExit(f"demo: webhook refused: {responses[-1].text}")
                 accepted[f"ringcentral:{spec.telephony_session_id}"] = time.time()
@@ -119,7 +121,8 @@ async def approve_as_attorneys(http: httpx.AsyncClient, drafts: list[dict]) -> C
     return done
 
 
-def summarise(calls, accepted, matched, drafts, reviewed, entries, clio_entries) -> None:
+def summarise(calls, accepted, matched, drafts, reviewed, entries, clio_entries,
+              response_times) -> None:
     outcomes = Counter(m.outcome for m in matched)
     hours = sum((e.billed_hours for e in entries), Decimal(0))
     dollars = sum((e.amount for e in entries), Decimal(0))
@@ -139,6 +142,9 @@ def summarise(calls, accepted, matched, drafts, reviewed, entries, clio_entries)
     say(f"  entries written to Clio  {len(entries)} (Clio holds {clio_entries} for this firm)")
     say(f"  hours captured           {hours} h")
     say(f"  dollars captured         ${dollars:,.2f}")
+    response_ms = sorted(t * 1000 for t in response_times)
+    say(f"  webhook responses        {len(response_ms)}: median {statistics.median(response_ms):.1f} ms,"
+        f" p99 {response_ms[int(len(response_ms) * 0.99) - 1]:.1f} ms, max {response_ms[-1]:.1f} ms")
     if end_to_end:
         say(f"  webhook accepted -> entry written: median {statistics.median(end_to_end):.2f} s,"
             f" max {max(end_to_end):.2f} s (includes the attorney's review step)")
@@ -170,7 +176,8 @@ async def run_demo() -> None:
                                         "/directory/sync")).json()
                 say(f"directory synced from Clio: {sync['users']} users, {sync['contacts']}"
                     f" contacts, {sync['matters']} matters")
-                accepted = await place_calls(stack, calls)
+                response_times: list[float] = []
+                accepted = await place_calls(stack, calls, response_times)
                 expected = await expected_drafts(stack)
                 await wait_for("drafts created", lambda: _count(review_queue(http, stack)),
                                expected)
@@ -184,7 +191,7 @@ async def run_demo() -> None:
                 draft["created_at_epoch"] = _epoch(draft["created_at"])
             summarise(calls, accepted, matched, drafts, reviewed, entries,
                       len([a for a in clio_state.activities(scenario.FIRM_ID)
-                           if a["type"] == "TimeEntry"]))
+                           if a["type"] == "TimeEntry"]), response_times)
         finally:
             stack.stop_services()
             await stack.drop_database()
@@ -204,20 +211,20 @@ async def expected_drafts(stack: LocalStack) -> int:
                if m.outcome != "non_client" and m.call.result == "answered")
 
 
-async def _calls_received(stack: LocalStack) -> int:
+async def _scalar(stack: LocalStack, query: str) -> int:
     conn = await asyncpg.connect(stack.database_url)
     try:
-        return await conn.fetchval("SELECT count(*) FROM ingest.calls")
+        return await conn.fetchval(query)
     finally:
         await conn.close()
+
+
+async def _calls_received(stack: LocalStack) -> int:
+    return await _scalar(stack, "SELECT count(*) FROM ingest.calls")
 
 
 async def _written(stack: LocalStack) -> int:
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM writer.ledger WHERE state = 'written'")
-    finally:
-        await conn.close()
+    return await _scalar(stack, "SELECT count(*) FROM writer.ledger WHERE state = 'written'")
 
 
 async def _count(awaitable) -> int:

@@ -56,7 +56,7 @@ def _number(rng: random.Random, area: str) -> str:
 def seed_clio(clio: FakeClioState, token: str, rng: random.Random) -> Directory:
     clio.add_firm(FIRM_ID, FIRM_NAME)
     attorney_ids = {}
-    for index, (name, rate, zone, extension, _number_) in enumerate(ATTORNEYS):
+    for index, (name, rate, zone, extension, _extension_number) in enumerate(ATTORNEYS):
         user = clio.add_user(FIRM_ID, name=name, rate=Decimal(rate), time_zone=zone,
                              phone_number=f"+1312555{1000 + index}",
                              tokens=[token] if index == 0 else ())

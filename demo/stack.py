@@ -155,7 +155,7 @@ class LocalStack:
         for service in started:
             service.start()
         times = await asyncio.gather(*(service.wait_ready() for service in started))
-        return dict(zip(names, times))
+        return dict(zip(names, times, strict=False))
 
     async def restart(self, name: str) -> float:
         service = self.services[name]

@@ -30,8 +30,6 @@ async def write_and_announce(runtime: Runtime, clients: BillingClients,
 
 
 def create_app(settings: Settings) -> FastAPI:
-    api = FastAPI(title="calltime billing-writer")
-
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async with service_runtime(settings, SERVICE) as runtime:
@@ -48,7 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
                 consuming.cancel()
                 await asyncio.gather(consuming, return_exceptions=True)
 
-    api.router.lifespan_context = lifespan
+    api = FastAPI(title="calltime billing-writer", lifespan=lifespan)
     api.include_router(web.ops_router())
     return api
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from calltime import metrics
 from calltime.billing.errors import PermanentBillingError
-from calltime.billing.model import TimeEntryRequest, WrittenEntry
+from calltime.billing.model import TimeEntryRequest
 from calltime.billing.port import BillingSystem
 from calltime.billing_writer import ledger
 from calltime.units import hours_to_seconds

@@ -51,31 +51,20 @@ async def draft_call(runtime: Runtime, matched: CallMatched) -> None:
 
 def create_app(settings: Settings) -> FastAPI:
     stream_app = kafka.faust_app(settings, SERVICE)
-    matched_calls = kafka.faust_topic(stream_app, settings, topics.CALL_MATCHED)
-    api = FastAPI(title="calltime drafts")
-
-    @stream_app.agent(matched_calls, concurrency=1)
-    async def make_drafts(stream):
-        async for message in stream.events():
-            await kafka.handle_with_policy(
-                api.state.runtime.publisher, topics.CALL_MATCHED, message.key, message.value,
-                kafka.faust_headers(message), lambda m: draft_call(api.state.runtime, m))
+    kafka.policy_agent(stream_app, settings, topics.CALL_MATCHED,
+                       lambda: api.state.runtime.publisher,
+                       lambda matched: draft_call(api.state.runtime, matched))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async with service_runtime(settings, SERVICE) as runtime:
             app.state.runtime = runtime
-            relay = OutboxRelay(runtime.pool, runtime.publisher, store.SCHEMA,
-                                settings.outbox_poll_seconds)
-            await relay.start()
-            async with faust_app_running(stream_app):
+            async with OutboxRelay(runtime.pool, runtime.publisher, store.SCHEMA,
+                                   settings.outbox_poll_seconds), faust_app_running(stream_app):
                 app.state.readiness_checks = runtime.readiness_checks()
-                try:
-                    yield
-                finally:
-                    await relay.stop()
+                yield
 
-    api.router.lifespan_context = lifespan
+    api = FastAPI(title="calltime drafts", lifespan=lifespan)
     web.limit_body_size(api, SERVICE, 16 * 1024)
     api.include_router(web.ops_router())
     api.include_router(router)

@@ -20,17 +20,12 @@ MAX_BODY_BYTES = 64 * 1024
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with service_runtime(settings, SERVICE) as runtime:
-            relay = OutboxRelay(runtime.pool, runtime.publisher, store.SCHEMA,
-                                settings.outbox_poll_seconds)
-            await relay.start()
+        async with service_runtime(settings, SERVICE) as runtime, OutboxRelay(
+                runtime.pool, runtime.publisher, store.SCHEMA, settings.outbox_poll_seconds):
             app.state.runtime = runtime
             app.state.accounts = AccountCache()
             app.state.readiness_checks = runtime.readiness_checks()
-            try:
-                yield
-            finally:
-                await relay.stop()
+            yield
 
     app = FastAPI(title="calltime ingest", lifespan=lifespan)
     web.limit_body_size(app, SERVICE, MAX_BODY_BYTES)

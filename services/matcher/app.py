@@ -70,16 +70,9 @@ def directory_router() -> APIRouter:
 
 def create_app(settings: Settings) -> FastAPI:
     stream_app = kafka.faust_app(settings, SERVICE)
-    calls = kafka.faust_topic(stream_app, settings, topics.CALL_ENDED)
-    api = FastAPI(title="calltime matcher")
-
-    @stream_app.agent(calls, concurrency=1)
-    async def match(stream):
-        async for message in stream.events():
-            await kafka.handle_with_policy(
-                api.state.runtime.publisher, topics.CALL_ENDED, message.key, message.value,
-                kafka.faust_headers(message),
-                lambda call: _match_and_publish(api.state.runtime, call))
+    kafka.policy_agent(stream_app, settings, topics.CALL_ENDED,
+                       lambda: api.state.runtime.publisher,
+                       lambda call: _match_and_publish(api.state.runtime, call))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -95,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
                 finally:
                     syncing.cancel()
 
-    api.router.lifespan_context = lifespan
+    api = FastAPI(title="calltime matcher", lifespan=lifespan)
     web.limit_body_size(api, SERVICE, 16 * 1024)
     api.include_router(web.ops_router())
     api.include_router(directory_router())
