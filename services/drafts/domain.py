@@ -99,6 +99,8 @@ def build_draft(matched: CallMatched, policy: DraftPolicy, *, now: datetime) -> 
         flags.append("verify matter status before approving: no open matter")
     if call.attorney_user_id is None:
         flags.append("no attorney mapped to the phone user")
+    if policy.rate <= 0:
+        flags.append("no hourly rate known for the attorney")
     return DraftCreated(
         event_id=str(uuid.uuid4()),
         firm_id=matched.firm_id,

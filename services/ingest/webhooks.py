@@ -85,6 +85,7 @@ async def accept_notification(pool, account: store.ProviderAccount,
         finished = rc.assemble_call([rc.parse_notification(b) for b in bodies],
                                     account.attorneys_by_user.keys(), account.phone_region)
         if finished is None:
+            _warn_if_unmapped(account, notification)
             return "recorded"
         event = domain.call_ended(
             finished, firm_id=account.firm_id, provider="ringcentral",
@@ -93,3 +94,15 @@ async def accept_notification(pool, account: store.ProviderAccount,
         announced = await store.announce_call(conn, event)
     metrics.OUTCOMES.labels(SERVICE, "call", "announced" if announced else "repeat").inc()
     return "call-ended" if announced else "recorded"
+
+
+def _warn_if_unmapped(account: store.ProviderAccount,
+                      notification: rc.SessionNotification) -> None:
+    """A hang-up on an extension nobody mapped to an attorney cannot become a call yet; its
+    notifications stay in the inbox, and operators are told so they can map the extension."""
+    for party in notification.parties:
+        if (party.status_code in ("Disconnected", "Gone") and party.extension_id
+                and party.extension_id not in account.attorneys_by_user):
+            metrics.OUTCOMES.labels(SERVICE, "call", "unmapped_extension").inc()
+            log.warning("call ended on an extension with no attorney mapping",
+                        extra={"extension_id": party.extension_id})

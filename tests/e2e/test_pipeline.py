@@ -176,3 +176,36 @@ async def test_forged_malformed_and_oversized_webhooks_are_refused_and_publish_n
     finally:
         await conn.close()
     assert stored == 0
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in exposition.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{{{wanted}}}")
+
+
+async def test_every_service_is_healthy_ready_and_counts_its_work(pipeline):
+    p = pipeline
+    await sync_directory(p)
+    spec = client_call(p, started_at=datetime(2026, 11, 22, 16, 0, tzinfo=timezone.utc),
+                       talk_seconds=600)
+    await approved_draft(p, spec)
+    async with httpx.AsyncClient() as http:
+        forged = await http.post(webhook_url(p), content=b"{}",
+                                 headers={"Verification-Token": "forged"})
+        assert forged.status_code == 401
+        for name in ("ingest", "matcher", "drafts", "billing-writer"):
+            base = p.stack.url(name)
+            assert (await http.get(f"{base}/healthz")).status_code == 200
+            ready = await http.get(f"{base}/readyz")
+            assert ready.status_code == 200 and ready.json()["checks"]["database"] is True
+        ingest = (await http.get(f"{p.stack.url('ingest')}/metrics")).text
+        matcher = (await http.get(f"{p.stack.url('matcher')}/metrics")).text
+    assert metric_value(ingest, "calltime_events_published_total",
+                        service="ingest", topic="call.ended") >= 1
+    assert metric_value(ingest, "calltime_http_rejections_total", service="ingest",
+                        route="webhooks", status="401") >= 1
+    assert metric_value(matcher, "calltime_outcomes_total", service="matcher", kind="match",
+                        outcome="single_matter") >= 1

@@ -289,3 +289,9 @@ def test_each_draft_gets_fresh_event_and_draft_ids():
     assert first.draft_id != second.draft_id
     assert first.event_id != second.event_id
     assert first.draft_id != first.event_id
+
+
+def test_draft_for_an_attorney_without_a_rate_is_flagged_and_priced_at_zero():
+    draft = build_draft(matched(), policy(rate=Decimal("0")), now=NOW)
+    assert draft.amount == Decimal("0.00")
+    assert "no hourly rate known for the attorney" in draft.flags
