@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 import asyncpg
@@ -34,3 +36,12 @@ async def load_firm(conn: asyncpg.Connection | asyncpg.Pool, firm_id: str) -> Fi
     if row is None:
         raise UnknownFirm(f"no firm {firm_id!r}")
     return Firm(**dict(row))
+
+
+async def firm_api_key_valid(pool: asyncpg.Pool, firm_id: str, authorization: str | None) -> bool:
+    """Whether `Authorization: Bearer <key>` carries this firm's API key (stored as a digest)."""
+    digest = await pool.fetchval("SELECT api_key_sha256 FROM core.firms WHERE firm_id = $1",
+                                 firm_id)
+    presented = (authorization or "").removeprefix("Bearer ").strip()
+    return bool(digest and presented and hmac.compare_digest(
+        hashlib.sha256(presented.encode()).digest(), bytes(digest)))

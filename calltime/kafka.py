@@ -94,8 +94,20 @@ class Publisher:
 
     async def dead_letter(self, base_topic: str, key: bytes | None, value: bytes,
                           headers: Iterable[tuple[str, bytes]], reason: str) -> None:
+        """Park a message; keeps trying until the broker takes it, because the caller
+        acknowledges the original as soon as this returns."""
         extra = [(REASON_HEADER, reason[:1000].encode()), (SOURCE_HEADER, self.service.encode())]
-        await self.send_raw(topics.dead_letter(base_topic), key, value, [*headers, *extra])
+        delay = 0.5
+        while True:
+            try:
+                await self.send_raw(topics.dead_letter(base_topic), key, value,
+                                    [*headers, *extra])
+                break
+            except Exception as exc:  # noqa: BLE001 - the broker is away: wait for it
+                log.warning("dead-letter topic unavailable, retrying",
+                            extra={"topic": base_topic, "error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         metrics.DEAD_LETTERS.labels(self.service, base_topic, reason.split(":")[0][:60]).inc()
         log.error("message dead-lettered", extra={"topic": base_topic, "reason": reason})
 
@@ -110,7 +122,8 @@ async def handle_with_policy(
 ) -> None:
     """Decode one message and run its handler under the acknowledgement policy above."""
     metrics.EVENTS_CONSUMED.labels(publisher.service, base_topic).inc()
-    call_id = dict(headers).get(codec.CALL_ID_HEADER, b"").decode() or None
+    headers = [(name, raw or b"") for name, raw in headers]
+    call_id = dict(headers).get(codec.CALL_ID_HEADER, b"").decode(errors="replace") or None
     with bound(call_id=call_id):
         try:
             event = codec.decode(value, headers)
@@ -190,7 +203,21 @@ def faust_headers(event: Any) -> list[tuple[str, bytes]]:
 
 async def consume(settings: Settings, publisher: Publisher, base_topic: str, group: str,
                   handler: Callable[[Any], Awaitable[None]]) -> None:
-    """A plain aiokafka consumer loop under the same policy: handle, then commit, one by one."""
+    """A plain aiokafka consumer under the same policy: handle, then commit, one by one. If the
+    consumer itself fails (a rebalance mid-commit, a lost broker) it is rebuilt; uncommitted
+    messages are then delivered again, which every handler tolerates."""
+    while True:
+        try:
+            await _consume_until_error(settings, publisher, base_topic, group, handler)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - log, rebuild, carry on
+            log.error("consumer failed; rebuilding it", extra={"topic": base_topic,
+                                                               "error": repr(exc)})
+            await asyncio.sleep(1.0)
+
+
+async def _consume_until_error(settings, publisher, base_topic, group, handler) -> None:
     consumer = AIOKafkaConsumer(
         topics.qualified(settings.topic_prefix, base_topic),
         bootstrap_servers=settings.kafka_bootstrap,

@@ -32,7 +32,7 @@ from calltime.settings import Settings
 
 CLIO_TOKEN = "demo-clio-token"
 RC_TOKEN = "demo-ringcentral-verification-token"
-REVIEW_KEY = "demo-review-key"
+FIRM_API_KEY = "demo-firm-api-key"
 # Clio allows 50 requests/min per token at peak and more off-peak; the demo runs "off-peak".
 CLIO_REQUESTS_PER_MINUTE = 600
 
@@ -96,7 +96,7 @@ async def wait_for(label: str, probe, total: int, timeout: float = 120) -> int:
 
 async def review_queue(http: httpx.AsyncClient, stack: LocalStack) -> list[dict]:
     response = await http.get(f"{stack.url('drafts')}/firms/{scenario.FIRM_ID}/drafts",
-                              headers={"Authorization": f"Bearer {REVIEW_KEY}"},
+                              headers={"Authorization": f"Bearer {FIRM_API_KEY}"},
                               params={"limit": 1000})
     response.raise_for_status()
     return response.json()
@@ -165,7 +165,7 @@ async def run_demo() -> None:
         await register_firm(stack, FirmSetup(
             firm_id=scenario.FIRM_ID, name=scenario.FIRM_NAME, clio_base_url=clio.base_url,
             clio_token=CLIO_TOKEN, ringcentral_account_id=scenario.RINGCENTRAL_ACCOUNT,
-            ringcentral_verification_token=RC_TOKEN, review_api_key=REVIEW_KEY,
+            ringcentral_verification_token=RC_TOKEN, api_key=FIRM_API_KEY,
             extensions=directory.attorney_ids))
         try:
             say(f"starting the four services (logs in {run_dir})")
@@ -173,7 +173,8 @@ async def run_demo() -> None:
             say("  ready in " + ", ".join(f"{k} {v:.1f} s" for k, v in ready.items()))
             async with httpx.AsyncClient(timeout=30) as http:
                 sync = (await http.post(f"{stack.url('matcher')}/firms/{scenario.FIRM_ID}"
-                                        "/directory/sync")).json()
+                                        "/directory/sync",
+                                        headers={"Authorization": f"Bearer {FIRM_API_KEY}"})).json()
                 say(f"directory synced from Clio: {sync['users']} users, {sync['contacts']}"
                     f" contacts, {sync['matters']} matters")
                 response_times: list[float] = []

@@ -181,7 +181,7 @@ class FirmSetup:
     clio_token: str
     ringcentral_account_id: str
     ringcentral_verification_token: str
-    review_api_key: str
+    api_key: str
     extensions: dict[str, str]  # RingCentral extension id -> Clio user id
     rounding_rule: str = "nearest"
     default_time_zone: str = "America/New_York"
@@ -204,10 +204,10 @@ async def register_firm(stack: LocalStack, firm: FirmSetup) -> None:
         async with conn.transaction():
             await conn.execute(
                 "INSERT INTO core.firms (firm_id, name, billing_system, billing_base_url,"
-                " billing_credential_ref, rounding_rule, default_time_zone, review_api_key_sha256)"
+                " billing_credential_ref, rounding_rule, default_time_zone, api_key_sha256)"
                 " VALUES ($1, $2, 'clio', $3, $4, $5, $6, $7)",
                 firm.firm_id, firm.name, firm.clio_base_url, firm.credential_ref,
-                firm.rounding_rule, firm.default_time_zone, digest(firm.review_api_key))
+                firm.rounding_rule, firm.default_time_zone, digest(firm.api_key))
             await conn.execute(
                 "INSERT INTO ingest.provider_accounts"
                 " (firm_id, provider, account_id, verification_token_sha256)"

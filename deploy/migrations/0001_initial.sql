@@ -15,8 +15,8 @@ CREATE TABLE core.firms (
     currency                text NOT NULL DEFAULT 'USD',
     default_time_zone       text NOT NULL DEFAULT 'America/New_York',
     phone_region            text NOT NULL DEFAULT 'US',
-    -- digest of the key the firm's review front end presents to list drafts
-    review_api_key_sha256   bytea
+    -- digest of the firm's API key (review list, directory sync), never the key itself
+    api_key_sha256          bytea
 );
 
 CREATE SCHEMA ingest;
@@ -50,6 +50,8 @@ CREATE TABLE ingest.calls (
     firm_id         text NOT NULL,
     call_id         text NOT NULL,
     revision        integer NOT NULL,
+    -- what the last announced revision said; a late notification that changes it is a new revision
+    fingerprint     text NOT NULL,
     received_at     timestamptz NOT NULL,
     PRIMARY KEY (firm_id, call_id)
 );

@@ -47,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.gather(consuming, return_exceptions=True)
 
     api = FastAPI(title="calltime billing-writer", lifespan=lifespan)
+    web.guard_http_edge(api, SERVICE, 16 * 1024)
     api.include_router(web.ops_router())
     return api
 

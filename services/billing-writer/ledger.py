@@ -20,6 +20,21 @@ class LedgerRow:
     written_at: object | None
 
 
+def _lock_key(firm_id: str, draft_id: str) -> str:
+    return f"writer/{firm_id}/{draft_id}"
+
+
+async def try_lock(conn: asyncpg.Connection, firm_id: str, draft_id: str) -> bool:
+    """One writer per draft at a time, across processes, for the whole write."""
+    return await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                               _lock_key(firm_id, draft_id))
+
+
+async def unlock(conn: asyncpg.Connection, firm_id: str, draft_id: str) -> None:
+    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                       _lock_key(firm_id, draft_id))
+
+
 async def begin(conn: asyncpg.Connection, firm_id: str, draft_id: str, call_id: str,
                 billing_system: str) -> LedgerRow:
     await conn.execute(

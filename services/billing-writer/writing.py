@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime, timezone
 
 from calltime import metrics
-from calltime.billing.errors import PermanentBillingError
+from calltime.billing.errors import ApiVersionMismatch, PermanentBillingError
 from calltime.billing.model import TimeEntryRequest
 from calltime.billing.port import BillingSystem
 from calltime.billing_writer import ledger
@@ -47,29 +47,49 @@ def entry_written(approved: DraftApproved, system: str, row: ledger.LedgerRow) -
         written_at=row.written_at or datetime.now(timezone.utc))
 
 
+class WriteInProgress(Exception):
+    """Another writer holds this draft right now (a rebalance mid-request); try again later."""
+
+
 async def write_approved(pool, billing: BillingSystem, system: str,
                          approved: DraftApproved) -> EntryWritten:
     key = (approved.firm_id, approved.draft_id)
     async with pool.acquire() as conn:
-        row = await ledger.begin(conn, *key, approved.call_id, system)
-        if row.state == "written":
-            metrics.OUTCOMES.labels(SERVICE, "entry", "already_written").inc()
-            return entry_written(approved, system, row)
-        if row.state == "dead":
-            raise PermanentFailure("this approval failed permanently before; replay it after "
-                                   "fixing the cause")
-        await ledger.mark_attempt(conn, *key)
+        if not await ledger.try_lock(conn, *key):
+            raise WriteInProgress(f"draft {approved.draft_id} is being written elsewhere")
         try:
-            written = await billing.write_entry(entry_request(approved), resume=row.attempted)
-        except PermanentBillingError as exc:
-            await ledger.mark_failed(conn, *key, str(exc), permanent=True)
-            metrics.OUTCOMES.labels(SERVICE, "entry", "rejected").inc()
-            raise PermanentFailure(f"{system} refused the entry: {exc}") from exc
-        except Exception as exc:
-            await ledger.mark_failed(conn, *key, repr(exc), permanent=False)
-            raise
-        row = await ledger.mark_written(conn, *key, written)
-    metrics.OUTCOMES.labels(SERVICE, "entry", "written").inc()
-    log.info("entry written", extra={"entry_id": written.entry_id, "resumed": row.attempts > 1})
+            row = await _write_once(conn, billing, system, approved)
+        finally:
+            await ledger.unlock(conn, *key)
     return entry_written(approved, system, row)
 
+
+async def _write_once(conn, billing: BillingSystem, system: str,
+                      approved: DraftApproved) -> ledger.LedgerRow:
+    key = (approved.firm_id, approved.draft_id)
+    row = await ledger.begin(conn, *key, approved.call_id, system)
+    if row.state == "written":
+        metrics.OUTCOMES.labels(SERVICE, "entry", "already_written").inc()
+        return row
+    # A dead row comes back through a replay: it resumes, looking before it writes.
+    await ledger.mark_attempt(conn, *key)
+    try:
+        written = await billing.write_entry(entry_request(approved),
+                                            resume=row.attempted or row.state == "dead")
+    except ApiVersionMismatch as exc:
+        # The record may exist in the wrong unit: a person must look, the row stays resumable.
+        reason = f"{system} answered under another API version; record {exc.resource_id}: {exc}"
+        await ledger.mark_failed(conn, *key, reason, permanent=False)
+        log.error("billing API version mismatch", extra={"resource_id": exc.resource_id})
+        raise PermanentFailure(reason) from exc
+    except PermanentBillingError as exc:
+        await ledger.mark_failed(conn, *key, str(exc), permanent=True)
+        metrics.OUTCOMES.labels(SERVICE, "entry", "rejected").inc()
+        raise PermanentFailure(f"{system} refused the entry: {exc}") from exc
+    except Exception as exc:
+        await ledger.mark_failed(conn, *key, repr(exc), permanent=False)
+        raise
+    row = await ledger.mark_written(conn, *key, written)
+    metrics.OUTCOMES.labels(SERVICE, "entry", "written").inc()
+    log.info("entry written", extra={"entry_id": written.entry_id, "resumed": row.attempts > 1})
+    return row

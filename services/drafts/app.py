@@ -42,11 +42,13 @@ async def draft_call(runtime: Runtime, matched: CallMatched) -> None:
                              time_zone or firm.default_time_zone, rate)
         draft = build_draft(matched, policy, now=datetime.now(timezone.utc))
         async with conn.transaction():
-            created = await store.create(conn, draft, call_started_at=matched.call.started_at,
-                                         external_number=matched.call.external_number_e164)
-    metrics.OUTCOMES.labels(SERVICE, "draft", draft.review_state if created else "repeat").inc()
-    log.info("draft stored" if created else "call already has a draft",
-             extra={"review_state": draft.review_state})
+            saved = await store.save(conn, draft, call_started_at=matched.call.started_at,
+                                     external_number=matched.call.external_number_e164)
+    outcome = (draft.review_state if saved and matched.call.revision == 1
+               else "revised" if saved else "unchanged")
+    metrics.OUTCOMES.labels(SERVICE, "draft", outcome).inc()
+    log.info("draft stored" if saved else "draft left as it was (repeat, or already approved)",
+             extra={"review_state": draft.review_state, "revision": matched.call.revision})
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -65,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
                 yield
 
     api = FastAPI(title="calltime drafts", lifespan=lifespan)
-    web.limit_body_size(api, SERVICE, 16 * 1024)
+    web.guard_http_edge(api, SERVICE, 16 * 1024)
     api.include_router(web.ops_router())
     api.include_router(router)
     return api

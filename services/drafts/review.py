@@ -55,6 +55,9 @@ def approve(stored: StoredDraft, edits: ApprovalEdits, *, firm_matter_ids: set[s
         raise AlreadyApproved("this draft has already been approved")
     if draft.attorney_user_id is None:
         raise ApprovalRefused("the call has no attorney; assign the phone user first")
+    if draft.rate <= 0:
+        raise ApprovalRefused("no hourly rate is known for the attorney; set it in the billing "
+                              "system and sync the directory first")
     # an empty edit is a cleared field, not "keep the draft's value" (that is None)
     for name in ("matter_id", "billed_hours"):
         if getattr(edits, name) == "":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -13,6 +11,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from calltime.drafts import approval, store
+from calltime.firms import firm_api_key_valid
 from calltime.drafts.review import AlreadyApproved, ApprovalEdits, ApprovalRefused, StoredDraft, approve
 from calltime.logs import bound
 
@@ -41,11 +40,7 @@ def view(stored: StoredDraft) -> dict:
 
 
 async def require_review_key(pool, firm_id: str, authorization: str | None) -> None:
-    digest = await pool.fetchval("SELECT review_api_key_sha256 FROM core.firms WHERE firm_id = $1",
-                                 firm_id)
-    presented = (authorization or "").removeprefix("Bearer ").strip()
-    if digest is None or not presented or not hmac.compare_digest(
-            hashlib.sha256(presented.encode()).digest(), bytes(digest)):
+    if not await firm_api_key_valid(pool, firm_id, authorization):
         raise HTTPException(401, "a valid review API key for this firm is required")
 
 

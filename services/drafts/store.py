@@ -3,6 +3,7 @@ from the directory, approvals, and the outbox for `draft.created` and `draft.app
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 
@@ -28,28 +29,41 @@ def _matter_json(matter: MatterCandidate | None) -> str | None:
     return json.dumps(matter.__dict__) if matter else None
 
 
-async def create(conn: asyncpg.Connection, draft: DraftCreated, *, call_started_at,
-                 external_number: str | None) -> bool:
-    """Store the draft and queue its event; False if this call already has a draft."""
-    status = await conn.execute(
-        "INSERT INTO drafts.drafts (firm_id, draft_id, call_id, revision, state,"
+async def save(conn: asyncpg.Connection, draft: DraftCreated, *, call_started_at,
+               external_number: str | None) -> str | None:
+    """Store the draft and queue its event: one draft per call. A later revision of the call
+    rebuilds a draft still pending (keeping its id); an approved draft is never touched.
+    Returns the draft id the event went out with, or None when nothing changed."""
+    draft_id = await conn.fetchval(
+        "INSERT INTO drafts.drafts AS d (firm_id, draft_id, call_id, revision, state,"
         " attorney_user_id, match_outcome, client_id, client_name, matter, candidates,"
         " entry_date, time_zone, raw_seconds, billed_hours, rate, amount, currency,"
         " activity_code, narrative, billable, review_state, flags, call_started_at,"
         " external_number, created_at)"
         " VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
         " $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
-        " ON CONFLICT (firm_id, call_id) DO NOTHING",
+        " ON CONFLICT (firm_id, call_id) DO UPDATE SET revision = EXCLUDED.revision,"
+        " attorney_user_id = EXCLUDED.attorney_user_id, match_outcome = EXCLUDED.match_outcome,"
+        " client_id = EXCLUDED.client_id, client_name = EXCLUDED.client_name,"
+        " matter = EXCLUDED.matter, candidates = EXCLUDED.candidates,"
+        " entry_date = EXCLUDED.entry_date, time_zone = EXCLUDED.time_zone,"
+        " raw_seconds = EXCLUDED.raw_seconds, billed_hours = EXCLUDED.billed_hours,"
+        " rate = EXCLUDED.rate, amount = EXCLUDED.amount, narrative = EXCLUDED.narrative,"
+        " billable = EXCLUDED.billable, review_state = EXCLUDED.review_state,"
+        " flags = EXCLUDED.flags, call_started_at = EXCLUDED.call_started_at,"
+        " external_number = EXCLUDED.external_number"
+        " WHERE d.state = 'pending' AND d.revision < EXCLUDED.revision"
+        " RETURNING draft_id::text",
         draft.firm_id, draft.draft_id, draft.call_id, draft.revision, draft.attorney_user_id,
         draft.match_outcome, draft.client_id, draft.client_name, _matter_json(draft.matter),
         json.dumps([m.__dict__ for m in draft.candidates]), draft.entry_date, draft.time_zone,
         draft.raw_seconds, draft.billed_hours, draft.rate, draft.amount, draft.currency,
         draft.activity_code, draft.narrative, draft.billable, draft.review_state,
         list(draft.flags), call_started_at, external_number, draft.created_at)
-    if not status.endswith(" 1"):
-        return False
-    await outbox.enqueue(conn, SCHEMA, draft)
-    return True
+    if draft_id is None:
+        return None
+    await outbox.enqueue(conn, SCHEMA, dataclasses.replace(draft, draft_id=draft_id))
+    return draft_id
 
 
 DRAFT_COLUMNS = (

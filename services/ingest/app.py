@@ -28,7 +28,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
 
     app = FastAPI(title="calltime ingest", lifespan=lifespan)
-    web.limit_body_size(app, SERVICE, MAX_BODY_BYTES)
+    web.guard_http_edge(app, SERVICE, MAX_BODY_BYTES)
     app.include_router(router)
     app.include_router(web.ops_router())
     return app

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 
 from calltime.events import CallEnded
@@ -26,6 +27,22 @@ def token_accepted(presented: str | None, registered_digest: bytes) -> bool:
     if not presented:
         return False
     return hmac.compare_digest(token_digest(presented), bytes(registered_digest))
+
+
+def fingerprint(finished: FinishedCall) -> str:
+    """What a later notification may still change about a finished call."""
+    return "|".join(str(v) for v in (finished.direction, finished.external_number_raw,
+                                     finished.provider_user_id, finished.started_at.isoformat(),
+                                     finished.ended_at.isoformat(), finished.duration_seconds,
+                                     finished.result))
+
+
+def tracked_extensions(notifications, account_id: str, mapped: Iterable[str]) -> set[str]:
+    """The firm's own legs: extensions mapped to an attorney, and any other extension of the
+    firm's account, so that a call on an unmapped extension is still announced."""
+    own = {party.extension_id for n in notifications for party in n.parties
+           if party.account_id == account_id and party.extension_id}
+    return own | set(mapped)
 
 
 def call_ended(finished: FinishedCall, *, firm_id: str, provider: str,

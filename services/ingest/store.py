@@ -3,6 +3,7 @@ of calls already announced, and the outbox that carries `call.ended` to Kafka.""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import asyncpg
@@ -64,13 +65,17 @@ async def ringcentral_session_bodies(conn: asyncpg.Connection, firm_id: str,
     return [bytes(row["body"]) for row in rows]
 
 
-async def announce_call(conn: asyncpg.Connection, event: CallEnded) -> bool:
-    """Record the call and queue its event, once per call however often it is re-delivered."""
-    status = await conn.execute(
-        "INSERT INTO ingest.calls (firm_id, call_id, revision, received_at)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        event.firm_id, event.call_id, event.revision, event.received_at)
-    if not status.endswith(" 1"):
-        return False
-    await outbox.enqueue(conn, SCHEMA, event)
-    return True
+async def announce_call(conn: asyncpg.Connection, event: CallEnded, fingerprint: str) -> int | None:
+    """Record the call and queue its event. A re-delivery that changes nothing announces
+    nothing; a late notification that changes the call announces the next revision. Returns
+    the revision announced, or None."""
+    revision = await conn.fetchval(
+        "INSERT INTO ingest.calls AS c (firm_id, call_id, revision, fingerprint, received_at)"
+        " VALUES ($1, $2, 1, $3, $4) ON CONFLICT (firm_id, call_id) DO UPDATE"
+        " SET revision = c.revision + 1, fingerprint = EXCLUDED.fingerprint"
+        " WHERE c.fingerprint <> EXCLUDED.fingerprint RETURNING revision",
+        event.firm_id, event.call_id, fingerprint, event.received_at)
+    if revision is None:
+        return None
+    await outbox.enqueue(conn, SCHEMA, dataclasses.replace(event, revision=revision))
+    return revision

@@ -25,7 +25,7 @@ class AccountCache:
     """Provider accounts by (firm, provider): read on every webhook, changed rarely."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], tuple[float, store.ProviderAccount | None]] = {}
+        self.entries: dict[tuple[str, str], tuple[float, store.ProviderAccount]] = {}
 
     async def get(self, pool, firm_id: str, provider: str) -> store.ProviderAccount | None:
         key = (firm_id, provider)
@@ -34,7 +34,8 @@ class AccountCache:
             return cached[1]
         async with pool.acquire() as conn:
             account = await store.load_account(conn, firm_id, provider)
-        self.entries[key] = (time.monotonic(), account)
+        if account is not None:  # made-up firm ids must not grow the cache
+            self.entries[key] = (time.monotonic(), account)
         return account
 
 
@@ -82,27 +83,22 @@ async def accept_notification(pool, account: store.ProviderAccount,
                 notification.sequence, body):
             return "duplicate"
         bodies = await store.ringcentral_session_bodies(conn, account.firm_id, session_id)
-        finished = rc.assemble_call([rc.parse_notification(b) for b in bodies],
-                                    account.attorneys_by_user.keys(), account.phone_region)
+        notifications = [rc.parse_notification(b) for b in bodies]
+        tracked = domain.tracked_extensions(notifications, account.account_id,
+                                            account.attorneys_by_user)
+        finished = rc.assemble_call(notifications, tracked, account.phone_region)
         if finished is None:
-            _warn_if_unmapped(account, notification)
             return "recorded"
-        event = domain.call_ended(
-            finished, firm_id=account.firm_id, provider="ringcentral",
-            attorney_user_id=account.attorneys_by_user.get(finished.provider_user_id),
-            received_at=datetime.now(timezone.utc))
-        announced = await store.announce_call(conn, event)
-    metrics.OUTCOMES.labels(SERVICE, "call", "announced" if announced else "repeat").inc()
-    return "call-ended" if announced else "recorded"
-
-
-def _warn_if_unmapped(account: store.ProviderAccount,
-                      notification: rc.SessionNotification) -> None:
-    """A hang-up on an extension nobody mapped to an attorney cannot become a call yet; its
-    notifications stay in the inbox, and operators are told so they can map the extension."""
-    for party in notification.parties:
-        if (party.status_code in ("Disconnected", "Gone") and party.extension_id
-                and party.extension_id not in account.attorneys_by_user):
+        attorney = account.attorneys_by_user.get(finished.provider_user_id)
+        if attorney is None:
             metrics.OUTCOMES.labels(SERVICE, "call", "unmapped_extension").inc()
-            log.warning("call ended on an extension with no attorney mapping",
-                        extra={"extension_id": party.extension_id})
+            log.warning("call on an extension with no attorney mapping",
+                        extra={"extension_id": finished.provider_user_id})
+        event = domain.call_ended(finished, firm_id=account.firm_id, provider="ringcentral",
+                                  attorney_user_id=attorney,
+                                  received_at=datetime.now(timezone.utc))
+        revision = await store.announce_call(conn, event, domain.fingerprint(finished))
+    if revision is None:
+        return "recorded"
+    metrics.OUTCOMES.labels(SERVICE, "call", "announced" if revision == 1 else "revised").inc()
+    return "call-ended" if revision == 1 else f"call-revised-{revision}"

@@ -9,13 +9,17 @@ import logging
 import uuid
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
 from faust.contrib.asgi import faust_app_running
 
 from calltime import kafka, metrics, topics, web
-from calltime.billing.connect import BillingClients
+from calltime.billing.connect import BillingClients, UnsupportedBillingSystem
+from calltime.billing.errors import BillingError
+from calltime.secrets import MissingSecret
 from calltime.events import CallEnded, CallMatched
-from calltime.firms import UnknownFirm, load_firm
+from calltime.firms import UnknownFirm, firm_api_key_valid, load_firm
 from calltime.matcher import directory
 from calltime.matcher.domain import decide
 from calltime.matcher.sync import sync_firm
@@ -44,12 +48,16 @@ async def sync_directory(runtime: Runtime, clients: BillingClients, firm_id: str
 
 async def sync_all_periodically(runtime: Runtime, clients: BillingClients, every: float) -> None:
     while True:
-        for firm_id in await runtime.pool.fetch("SELECT firm_id FROM core.firms"):
+        try:
+            firm_ids = [r["firm_id"] for r in await runtime.pool.fetch("SELECT firm_id FROM core.firms")]
+        except Exception as exc:  # noqa: BLE001 - the database is away: try again next round
+            log.warning("directory sync could not list firms", extra={"error": repr(exc)})
+            firm_ids = []
+        for firm_id in firm_ids:
             try:
-                await sync_directory(runtime, clients, firm_id["firm_id"])
+                await sync_directory(runtime, clients, firm_id)
             except Exception as exc:  # noqa: BLE001 - one firm's outage must not stop the others
-                log.warning("directory sync failed", extra={"firm_id": firm_id["firm_id"],
-                                                            "error": repr(exc)})
+                log.warning("directory sync failed", extra={"firm_id": firm_id, "error": repr(exc)})
         await asyncio.sleep(every)
 
 
@@ -57,12 +65,23 @@ def directory_router() -> APIRouter:
     router = APIRouter(tags=["directory"])
 
     @router.post("/firms/{firm_id}/directory/sync")
-    async def sync_now(firm_id: str, request: Request) -> dict:
+    async def sync_now(firm_id: str, request: Request,
+                       authorization: Annotated[str | None, Header()] = None) -> dict:
         state = request.app.state
+        if not await firm_api_key_valid(state.runtime.pool, firm_id, authorization):
+            raise HTTPException(401, "a valid API key for this firm is required")
+        running = state.syncs_running
+        if firm_id in running:
+            raise HTTPException(409, "a directory sync for this firm is already running")
+        running.add(firm_id)
         try:
             report = await sync_directory(state.runtime, state.billing_clients, firm_id)
-        except UnknownFirm as exc:
-            raise HTTPException(404, str(exc)) from exc
+        except (UnknownFirm, MissingSecret, UnsupportedBillingSystem) as exc:
+            raise HTTPException(409, f"firm is not set up for sync: {exc}") from exc
+        except BillingError as exc:
+            raise HTTPException(502, f"the billing system refused the sync: {exc}") from exc
+        finally:
+            running.discard(firm_id)
         return report.__dict__
 
     return router
@@ -79,17 +98,19 @@ def create_app(settings: Settings) -> FastAPI:
         async with service_runtime(settings, SERVICE) as runtime:
             app.state.runtime = runtime
             app.state.billing_clients = BillingClients()
-            syncing = asyncio.create_task(sync_all_periodically(
-                runtime, app.state.billing_clients, settings.directory_sync_seconds))
+            app.state.syncs_running = set()
             async with faust_app_running(stream_app):
+                syncing = asyncio.create_task(sync_all_periodically(
+                    runtime, app.state.billing_clients, settings.directory_sync_seconds))
                 app.state.readiness_checks = runtime.readiness_checks()
                 try:
                     yield
                 finally:
                     syncing.cancel()
+                    await asyncio.gather(syncing, return_exceptions=True)
 
     api = FastAPI(title="calltime matcher", lifespan=lifespan)
-    web.limit_body_size(api, SERVICE, 16 * 1024)
+    web.guard_http_edge(api, SERVICE, 16 * 1024)
     api.include_router(web.ops_router())
     api.include_router(directory_router())
     return api

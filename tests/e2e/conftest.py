@@ -42,7 +42,7 @@ async def pipeline(infrastructure, tmp_path_factory):
     firm = FirmSetup(
         firm_id=FIRM, name="Harbor & Vale LLP", clio_base_url=clio.base_url,
         clio_token="clio-token-e2e", ringcentral_account_id="400100",
-        ringcentral_verification_token="rc-verification-e2e", review_api_key="review-key-e2e",
+        ringcentral_verification_token="rc-verification-e2e", api_key="review-key-e2e",
         extensions={EXTENSION: str(attorney)})
     await register_firm(stack, firm)
     try:

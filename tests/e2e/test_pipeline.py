@@ -3,6 +3,7 @@ call becomes exactly one Clio activity."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -10,7 +11,7 @@ import asyncpg
 import httpx
 
 from calltime import topics
-from calltime.fakes.ringcentral import CallSpec, RingCentralSimulator
+from calltime.fakes.ringcentral import CallSpec, RingCentralSimulator, notifications_for
 from calltime.demo.watch import eventually, read_topic
 
 
@@ -28,7 +29,8 @@ def client_call(p, *, started_at: datetime, talk_seconds: int) -> CallSpec:
 async def sync_directory(p) -> dict:
     async with httpx.AsyncClient() as http:
         response = await http.post(
-            f"{p.stack.url('matcher')}/firms/{p.firm.firm_id}/directory/sync", timeout=30)
+            f"{p.stack.url('matcher')}/firms/{p.firm.firm_id}/directory/sync", timeout=30,
+            headers={"Authorization": f"Bearer {p.firm.api_key}"})
     response.raise_for_status()
     return response.json()
 
@@ -37,7 +39,7 @@ async def draft_for(p, call_id: str) -> dict | None:
     async with httpx.AsyncClient() as http:
         response = await http.get(
             f"{p.stack.url('drafts')}/firms/{p.firm.firm_id}/drafts",
-            headers={"Authorization": f"Bearer {p.firm.review_api_key}"})
+            headers={"Authorization": f"Bearer {p.firm.api_key}"})
     response.raise_for_status()
     return next((d for d in response.json() if d["call_id"] == call_id), None)
 
@@ -209,3 +211,64 @@ async def test_every_service_is_healthy_ready_and_counts_its_work(pipeline):
                         route="webhooks", status="401") >= 1
     assert metric_value(matcher, "calltime_outcomes_total", service="matcher", kind="match",
                         outcome="single_matter") >= 1
+
+
+async def test_hang_up_delivered_before_the_answer_is_revised_into_the_right_draft(pipeline):
+    p = pipeline
+    await sync_directory(p)
+    spec = client_call(p, started_at=datetime(2026, 11, 23, 18, 0, tzinfo=timezone.utc),
+                       talk_seconds=17 * 60)
+    call_id = f"ringcentral:{spec.telephony_session_id}"
+    envelopes = notifications_for(spec, "sub-e2e")
+    answered = [e for e in envelopes if e["body"]["parties"][0]["status"]["code"] == "Answered"]
+    async with RingCentralSimulator(webhook_url(p), p.firm.ringcentral_verification_token) as rc:
+        for envelope in [e for e in envelopes if e not in answered]:
+            assert (await rc.send(envelope)).status_code == 200
+        await eventually(lambda: _ended_revisions(p, call_id), what="revision 1")
+        statuses = [(await rc.send(e)).json()["status"] for e in answered]
+    assert statuses == ["call-revised-2"]
+    assert await eventually(lambda: _ended_revisions(p, call_id, 2), what="revision 2") == [
+        (1, 0, "missed"), (2, 17 * 60, "answered")]
+    draft = await eventually(lambda: draft_for(p, call_id), what="the revised draft")
+    assert (draft["revision"], draft["raw_seconds"], draft["billed_hours"]) == (2, 1020, "0.3")
+
+
+async def _ended_revisions(p, call_id: str, at_least: int = 1):
+    ended = await read_topic(p.stack.kafka_bootstrap, p.stack.topic_prefix + topics.CALL_ENDED,
+                             idle_seconds=0.5)
+    found = sorted((e.revision, e.duration_seconds, e.result) for e in ended if e.call_id == call_id)
+    return found if len(found) >= at_least else None
+
+
+async def test_call_on_an_extension_nobody_mapped_still_becomes_a_flagged_draft(pipeline):
+    p = pipeline
+    spec = client_call(p, started_at=datetime(2026, 11, 23, 20, 0, tzinfo=timezone.utc),
+                       talk_seconds=240)
+    spec = dataclasses.replace(spec, extension_id="62199999")
+    async with RingCentralSimulator(webhook_url(p), p.firm.ringcentral_verification_token) as rc:
+        await rc.place_call(spec)
+    draft = await eventually(lambda: draft_for(p, f"ringcentral:{spec.telephony_session_id}"),
+                             what="the draft")
+    assert draft["attorney_user_id"] is None
+    assert "no attorney mapped to the phone user" in draft["flags"]
+
+
+async def test_unstorable_and_streamed_oversized_input_is_refused_not_crashed(pipeline):
+    p = pipeline
+    token = {"Verification-Token": p.firm.ringcentral_verification_token}
+
+    async def chunks():
+        for _ in range(100):
+            yield b" " * 1024
+
+    async with httpx.AsyncClient() as http:
+        nul_firm = await http.post(webhook_url(p).replace(p.firm.firm_id, "a%00b"),
+                                   content=b"{}", headers=token)
+        streamed = await http.post(webhook_url(p), content=chunks(), headers=token)
+        nul_drafts = await http.get(f"{p.stack.url('drafts')}/firms/a%00b/drafts",
+                                    headers={"Authorization": "Bearer x"})
+        alive = await http.get(f"{p.stack.url('ingest')}/healthz")
+    assert nul_firm.status_code == 400
+    assert streamed.status_code == 413
+    assert nul_drafts.status_code in (400, 401)
+    assert alive.status_code == 200

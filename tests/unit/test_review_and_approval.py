@@ -420,3 +420,9 @@ def test_any_decimal_hours_approves_in_tenths_up_to_a_day_or_is_refused(value):
         return
     assert approved.billed_hours == value
     assert approved.edited_fields == (() if value == Decimal("0.4") else ("billed_hours",))
+
+
+def test_draft_priced_at_a_zero_rate_is_not_approved_into_a_zero_dollar_entry():
+    with pytest.raises(ApprovalRefused, match="rate"):
+        approve(stored(rate=Decimal("0.00"), amount=Decimal("0.00")), ApprovalEdits(),
+                firm_matter_ids=FIRM_MATTERS, now=NOW)
