@@ -133,12 +133,12 @@ def kafka_up() -> None:
     props = KAFKA_DIR / "server.properties"
     props.write_text(kafka_properties())
     (KAFKA_DIR / "log4j2.xml").write_text(LOG4J2)
+    started = time.monotonic()
     if not (KAFKA_DIR / "data" / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(java_command("kafka.tools.StorageTool", "format", "-t", cluster_id,
                                     "-c", str(props), "-g"),
                        check=True, stdout=subprocess.DEVNULL)
-    started = time.monotonic()
     with open(KAFKA_DIR / "broker.log", "ab") as out:
         proc = subprocess.Popen(java_command("kafka.Kafka", str(props)), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -197,11 +197,11 @@ def postgres_up() -> None:
         let_postgres_user_reach(PG_DIR)
         os.chown(PG_DIR, as_user["uid"], as_user["gid"])
     demote = as_user.get("preexec_fn")
+    started = time.monotonic()
     if not (data / "PG_VERSION").exists():
         subprocess.run([pg_bin("initdb"), "-D", str(data), "-U", "calltime", "--auth=trust",
                         "-E", "UTF8", "--no-sync"],
                        check=True, stdout=subprocess.DEVNULL, preexec_fn=demote)
-    started = time.monotonic()
     options = (f"-c listen_addresses=127.0.0.1 -p {PG_PORT} -c unix_socket_directories={PG_DIR} "
                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
     subprocess.run([pg_bin("pg_ctl"), "-D", str(data), "-l", str(PG_DIR / "server.log"),
