@@ -91,7 +91,7 @@ class OutboxRelay:
                 " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", BATCH)
             await self.publisher.send_batch(
                 (row["topic"], row["key"], row["value"],
-                 list(zip(row["header_names"], row["header_values"], strict=False))) for row in rows)
+                 list(zip(row["header_names"], row["header_values"], strict=True))) for row in rows)
             if rows:
                 await conn.execute(
                     f"UPDATE {self.schema}.outbox SET published_at = clock_timestamp()"

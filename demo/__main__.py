@@ -28,6 +28,7 @@ from calltime.demo.stack import FirmSetup, LocalStack, register_firm
 from calltime.demo.watch import read_topic
 from calltime.fakes.clio import FakeClioServer, FakeClioState
 from calltime.fakes.ringcentral import RingCentralSimulator
+from calltime.ingest.domain import call_id_for
 from calltime.settings import Settings
 
 CLIO_TOKEN = "demo-clio-token"
@@ -75,7 +76,7 @@ async def place_calls(stack: LocalStack, calls, response_times: list[float]) -> 
                 response_times.extend(r.elapsed.total_seconds() for r in responses)
                 if any(r.status_code != 200 for r in responses):
                     raise SystemExit(f"demo: webhook refused: {responses[-1].text}")
-                accepted[f"ringcentral:{spec.telephony_session_id}"] = time.time()
+                accepted[call_id_for("ringcentral", spec.telephony_session_id)] = time.time()
                 progress("webhooks delivered", len(accepted), len(calls))
 
         await asyncio.gather(*(one(spec) for _kind, spec in calls))

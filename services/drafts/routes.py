@@ -11,8 +11,8 @@ from fastapi import APIRouter, Body, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from calltime.drafts import approval, store
-from calltime.firms import firm_api_key_valid
 from calltime.drafts.review import AlreadyApproved, ApprovalEdits, ApprovalRefused, StoredDraft, approve
+from calltime.firms import firm_api_key_valid
 from calltime.logs import bound
 
 router = APIRouter(tags=["review"])

@@ -46,13 +46,13 @@ def tracked_extensions(notifications, account_id: str, mapped: Iterable[str]) ->
 
 
 def call_ended(finished: FinishedCall, *, firm_id: str, provider: str,
-               attorney_user_id: str | None, received_at: datetime,
-               revision: int = 1) -> CallEnded:
+               attorney_user_id: str | None, received_at: datetime) -> CallEnded:
+    """The first report of a call; the store numbers later revisions."""
     return CallEnded(
         event_id=str(uuid.uuid4()),
         firm_id=firm_id,
         call_id=call_id_for(provider, finished.provider_call_id),
-        revision=revision,
+        revision=1,
         provider=provider,
         provider_call_id=finished.provider_call_id,
         direction=finished.direction,

@@ -11,8 +11,9 @@ import asyncpg
 import httpx
 
 from calltime import topics
-from calltime.fakes.ringcentral import CallSpec, RingCentralSimulator, notifications_for
 from calltime.demo.watch import eventually, read_topic
+from calltime.fakes.ringcentral import CallSpec, RingCentralSimulator, notifications_for
+from calltime.ingest.domain import call_id_for
 
 
 def webhook_url(p) -> str:
@@ -58,7 +59,7 @@ async def test_signed_webhook_redelivered_three_times_ends_as_one_clio_activity(
     # 23:50 in Los Angeles on 26 November is already 27 November in UTC.
     spec = client_call(p, started_at=datetime(2026, 11, 27, 7, 50, tzinfo=timezone.utc),
                        talk_seconds=22 * 60)
-    call_id = f"ringcentral:{spec.telephony_session_id}"
+    call_id = call_id_for("ringcentral", spec.telephony_session_id)
     async with RingCentralSimulator(webhook_url(p), p.firm.ringcentral_verification_token) as rc:
         assert await rc.validate()
         responses = await rc.place_call(spec, duplicate_each=3)
@@ -97,7 +98,7 @@ async def _one_activity(p, draft_id: str) -> dict | None:
 
 
 async def approved_draft(p, spec: CallSpec) -> dict:
-    call_id = f"ringcentral:{spec.telephony_session_id}"
+    call_id = call_id_for("ringcentral", spec.telephony_session_id)
     async with RingCentralSimulator(webhook_url(p), p.firm.ringcentral_verification_token) as rc:
         await rc.place_call(spec)
     return await eventually(lambda: draft_for(p, call_id), what="the draft")
@@ -167,7 +168,7 @@ async def test_forged_malformed_and_oversized_webhooks_are_refused_and_publish_n
     assert other_firm.status_code == 404
     assert health.status_code == 200
 
-    call_id = f"ringcentral:{spec.telephony_session_id}"
+    call_id = call_id_for("ringcentral", spec.telephony_session_id)
     ended = await read_topic(p.stack.kafka_bootstrap, p.stack.topic_prefix + topics.CALL_ENDED)
     assert [e for e in ended if e.call_id == call_id] == []
     conn = await asyncpg.connect(p.stack.database_url)
@@ -218,7 +219,7 @@ async def test_hang_up_delivered_before_the_answer_is_revised_into_the_right_dra
     await sync_directory(p)
     spec = client_call(p, started_at=datetime(2026, 11, 23, 18, 0, tzinfo=timezone.utc),
                        talk_seconds=17 * 60)
-    call_id = f"ringcentral:{spec.telephony_session_id}"
+    call_id = call_id_for("ringcentral", spec.telephony_session_id)
     envelopes = notifications_for(spec, "sub-e2e")
     answered = [e for e in envelopes if e["body"]["parties"][0]["status"]["code"] == "Answered"]
     async with RingCentralSimulator(webhook_url(p), p.firm.ringcentral_verification_token) as rc:
@@ -247,8 +248,8 @@ async def test_call_on_an_extension_nobody_mapped_still_becomes_a_flagged_draft(
     spec = dataclasses.replace(spec, extension_id="62199999")
     async with RingCentralSimulator(webhook_url(p), p.firm.ringcentral_verification_token) as rc:
         await rc.place_call(spec)
-    draft = await eventually(lambda: draft_for(p, f"ringcentral:{spec.telephony_session_id}"),
-                             what="the draft")
+    call_id = call_id_for("ringcentral", spec.telephony_session_id)
+    draft = await eventually(lambda: draft_for(p, call_id), what="the draft")
     assert draft["attorney_user_id"] is None
     assert "no attorney mapped to the phone user" in draft["flags"]
 
