@@ -9,6 +9,8 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_SIGNING_KEY = "development-only-approval-signing-key"
+# 32 zero-ish bytes, base64: good enough to exercise encryption in development, refused elsewhere.
+DEVELOPMENT_CREDENTIALS_KEY = "ZGV2ZWxvcG1lbnQtb25seS1jcmVkZW50aWFscy1rZXk="
 
 
 class Settings(BaseSettings):
@@ -25,6 +27,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     default_phone_region: str = "US"
     approval_signing_key: SecretStr = SecretStr(DEVELOPMENT_SIGNING_KEY)
+    # Encrypts firms' credentials (OAuth tokens, webhook secrets) at rest: base64 of 32 bytes.
+    credentials_key: SecretStr = SecretStr(DEVELOPMENT_CREDENTIALS_KEY)
     approval_link_ttl_seconds: int = 7 * 24 * 3600
     public_base_url: str = "http://127.0.0.1:8002"
     # Faust consumer-group timing; the defaults suit a small cluster, tests shorten them.
@@ -33,6 +37,9 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = 0.2
     handler_max_attempts: int = 8
     directory_sync_seconds: float = 900.0
+    # Reconciliation: how often each firm's provider call log is swept, and how far back.
+    reconcile_every_seconds: float = 600.0
+    reconcile_window_seconds: float = 2 * 3600.0
 
     @model_validator(mode="after")
     def refuse_unsafe_defaults(self) -> "Settings":
@@ -40,6 +47,10 @@ class Settings(BaseSettings):
             self.approval_signing_key.get_secret_value() == DEVELOPMENT_SIGNING_KEY
         ):
             raise ValueError("CALLTIME_APPROVAL_SIGNING_KEY must be set outside development")
+        if self.environment != "development" and (
+            self.credentials_key.get_secret_value() == DEVELOPMENT_CREDENTIALS_KEY
+        ):
+            raise ValueError("CALLTIME_CREDENTIALS_KEY must be set outside development")
         return self
 
 

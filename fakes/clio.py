@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -25,6 +24,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+
+from calltime.fakes.server import BackgroundServer, DeliberateDrop
 
 log = logging.getLogger(__name__)
 
@@ -1068,10 +1069,6 @@ def _external_properties(raw: Any) -> list[tuple[str, str]]:
 # ASGI app
 
 
-class _DeliberateDrop(Exception):
-    """Raised after a committed write so the server closes the connection mid-answer."""
-
-
 class _DroppedResponse(Response):
     """Starts a 201 that promises a body, then aborts: the client sees a broken connection, not an answer."""
 
@@ -1084,7 +1081,7 @@ class _DroppedResponse(Response):
             "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
         })
         # Once the response has started, Starlette re-raises and uvicorn closes the socket without finishing.
-        raise _DeliberateDrop("fake Clio dropped the connection after committing")
+        raise DeliberateDrop("fake Clio dropped the connection after committing")
 
 
 def _json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
@@ -1229,70 +1226,12 @@ def _add_admin_routes(app: FastAPI, state: FakeClioState) -> None:
 # Running it
 
 
-class _QuietDeliberateDrops(logging.Filter):
-    """Keeps uvicorn from logging a traceback for every connection the fake drops on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _DeliberateDrop))
-
-
-class FakeClioServer:
+class FakeClioServer(BackgroundServer):
     """Runs the fake under uvicorn in a background thread on 127.0.0.1; `base_url` is set once started."""
 
     def __init__(self, state: FakeClioState, port: int = 0, *, startup_timeout: float = 10.0) -> None:
+        super().__init__(create_app(state), port, name="fake-clio", startup_timeout=startup_timeout)
         self.state = state
-        self._port = port
-        self._startup_timeout = startup_timeout
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port: int | None = None
-
-    @property
-    def base_url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("FakeClioServer is not started")
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeClioServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted sockets inherit this on Linux; without it Nagle + delayed ACK add ~40 ms to each answer.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", self._port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self.state), log_level="warning", access_log=False, lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        logging.getLogger("uvicorn.error").addFilter(_QuietDeliberateDrops())
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name=f"fake-clio-{self.port}", daemon=True
-        )
-        self._thread.start()
-        self._wait_started()
-        return self
-
-    def _wait_started(self) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while not (self._server and self._server.started):
-            if time.monotonic() > deadline or not (self._thread and self._thread.is_alive()):
-                raise RuntimeError("fake Clio server did not start")
-            time.sleep(0.005)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeClioServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1307,7 +1246,6 @@ def main(argv: list[str] | None = None) -> None:
         state.rate_limit = args.rate_limit
     logging.basicConfig(level=logging.INFO)
     log.info("fake Clio serving firms %s on http://%s:%d", state.firm_keys(), args.host, args.port)
-    logging.getLogger("uvicorn.error").addFilter(_QuietDeliberateDrops())
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
 
 

@@ -23,6 +23,7 @@ from calltime.billing.errors import (
     PermanentBillingError,
     TransientBillingError,
 )
+from calltime.billing.pacing import RateGate
 from calltime.billing.model import (
     BillingUser,
     DirectoryContact,
@@ -140,58 +141,6 @@ def _clio_id(value: str, what: str) -> int:
 
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pacing
-
-
-class RateGate:
-    """Client-side pacing for one access token, driven by Clio's X-RateLimit-* headers.
-
-    When the last answer said no requests remain, the next request waits for the window to reset. Share one
-    gate between every client that uses the same token.
-    """
-
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        *,
-        reset_margin: float = 0.5,
-    ) -> None:
-        self._clock = clock
-        self._sleep = sleep
-        # Clio's reset stamp comes from its clock, not ours; a little slack avoids landing just before it.
-        self._margin = reset_margin
-        self._remaining: int | None = None
-        self._reset_at: float | None = None
-        self._lock = asyncio.Lock()
-
-    async def before_request(self) -> None:
-        async with self._lock:
-            if self._remaining is not None and self._remaining <= 0 and self._reset_at is not None:
-                wait = self._reset_at + self._margin - self._clock()
-                if wait > 0:
-                    log.info("Clio rate limit reached; waiting %.1fs for the window to reset", wait)
-                    await self._sleep(wait)
-                self.forget()
-            if self._remaining is not None:
-                # Count our own request so concurrent callers do not all spend the last slot.
-                self._remaining -= 1
-
-    def observe(self, headers: httpx.Headers) -> None:
-        try:
-            remaining = int(headers["X-RateLimit-Remaining"])
-            reset_at = float(headers["X-RateLimit-Reset"])
-        except (KeyError, ValueError):
-            return
-        self._remaining = remaining
-        self._reset_at = reset_at
-
-    def forget(self) -> None:
-        self._remaining = None
-        self._reset_at = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
