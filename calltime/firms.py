@@ -22,6 +22,8 @@ class Firm:
     currency: str
     default_time_zone: str
     phone_region: str
+    billing_token_url: str | None = None
+    billing_client_auth: str = "body"
 
 
 class UnknownFirm(LookupError):
@@ -32,7 +34,7 @@ async def load_firm(conn: asyncpg.Connection | asyncpg.Pool, firm_id: str) -> Fi
     row = await conn.fetchrow(
         "SELECT firm_id, name, billing_system, billing_base_url, billing_credential_ref,"
         " rounding_rule, activity_code, narrative_template, currency, default_time_zone,"
-        " phone_region FROM core.firms WHERE firm_id = $1", firm_id)
+        " phone_region, billing_token_url, billing_client_auth FROM core.firms WHERE firm_id = $1", firm_id)
     if row is None:
         raise UnknownFirm(f"no firm {firm_id!r}")
     return Firm(**dict(row))

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 import asyncpg
 
 from calltime import db, logs
+from calltime.credentials import CredentialStore, Sealer
 from calltime.kafka import Publisher, ensure_topics
 from calltime.settings import Settings
 from calltime.web import ReadinessCheck
@@ -21,6 +22,7 @@ class Runtime:
     service: str
     pool: asyncpg.Pool
     publisher: Publisher
+    credentials: CredentialStore
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         async def database() -> bool:
@@ -44,8 +46,12 @@ async def service_runtime(settings: Settings, service: str) -> AsyncIterator[Run
         publisher = Publisher(settings, service)
         await publisher.start()
         try:
-            yield Runtime(settings, service, pool, publisher)
+            yield Runtime(settings, service, pool, publisher, credential_store(settings, pool))
         finally:
             await publisher.stop()
     finally:
         await pool.close()
+
+
+def credential_store(settings: Settings, pool: asyncpg.Pool) -> CredentialStore:
+    return CredentialStore(pool, Sealer(settings.credentials_key.get_secret_value()))

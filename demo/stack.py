@@ -5,6 +5,7 @@ demo, the end-to-end tests and the benchmarks."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import secrets
@@ -19,7 +20,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from calltime import db
+from calltime import db, onboarding
+from calltime.credentials import CredentialStore, Sealer
 
 SERVICES = {
     "ingest": "calltime.ingest",
@@ -28,6 +30,8 @@ SERVICES = {
     "billing-writer": "calltime.billing_writer",
 }
 SIGNING_KEY = "local-stack-signing-key-" + "x" * 16
+# The stack's own key for sealing firms' credentials (base64 of 32 bytes; not the development key).
+CREDENTIALS_KEY = base64.b64encode(b"local-stack-credentials-key-32by").decode()
 
 
 def free_port() -> int:
@@ -135,6 +139,7 @@ class LocalStack:
             "CALLTIME_TOPIC_PREFIX": self.topic_prefix,
             "CALLTIME_HTTP_PORT": str(port),
             "CALLTIME_APPROVAL_SIGNING_KEY": SIGNING_KEY,
+            "CALLTIME_CREDENTIALS_KEY": CREDENTIALS_KEY,
             "CALLTIME_PUBLIC_BASE_URL": f"http://127.0.0.1:{drafts_port}",
             "CALLTIME_KAFKA_SESSION_TIMEOUT_SECONDS": "6",
             "CALLTIME_OUTBOX_POLL_SECONDS": "0.1",
@@ -208,16 +213,14 @@ async def register_firm(stack: LocalStack, firm: FirmSetup) -> None:
                 " VALUES ($1, $2, 'clio', $3, $4, $5, $6, $7)",
                 firm.firm_id, firm.name, firm.clio_base_url, firm.credential_ref,
                 firm.rounding_rule, firm.default_time_zone, digest(firm.api_key))
-            await conn.execute(
-                "INSERT INTO ingest.provider_accounts"
-                " (firm_id, provider, account_id, verification_token_sha256)"
-                " VALUES ($1, 'ringcentral', $2, $3)",
-                firm.firm_id, firm.ringcentral_account_id,
-                digest(firm.ringcentral_verification_token))
-            await conn.executemany(
-                "INSERT INTO ingest.phone_users"
-                " (firm_id, provider, provider_user_id, attorney_user_id)"
-                " VALUES ($1, 'ringcentral', $2, $3)",
-                [(firm.firm_id, ext, user) for ext, user in firm.extensions.items()])
+            await onboarding.connect_phone_provider(
+                stack_credentials(conn), conn, firm_id=firm.firm_id, provider="ringcentral",
+                account_id=firm.ringcentral_account_id,
+                webhook_secret=firm.ringcentral_verification_token, users=firm.extensions)
     finally:
         await conn.close()
+
+
+def stack_credentials(pool_or_conn) -> CredentialStore:
+    """The credential store as the stack's services see it (same key)."""
+    return CredentialStore(pool_or_conn, Sealer(CREDENTIALS_KEY))

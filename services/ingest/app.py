@@ -1,5 +1,6 @@
-"""The ingest service: webhook endpoints in front of an inbox, and the relay that publishes
-`call.ended` from the outbox."""
+"""The ingest service: one webhook endpoint per provider in front of an inbox, the relay that
+publishes `call.ended` from the outbox, the fetcher for id-only notifications, and the scheduled
+reconciliation sweeps and subscription renewals."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fastapi import FastAPI
 
 from calltime import web
 from calltime.ingest import store
+from calltime.ingest.fetcher import RecordFetcher
+from calltime.ingest.reconcile import Scheduler
 from calltime.ingest.webhooks import SERVICE, AccountCache, router
 from calltime.outbox import OutboxRelay
 from calltime.runtime import service_runtime
@@ -21,9 +24,11 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async with service_runtime(settings, SERVICE) as runtime, OutboxRelay(
-                runtime.pool, runtime.publisher, store.SCHEMA, settings.outbox_poll_seconds):
+                runtime.pool, runtime.publisher, store.SCHEMA, settings.outbox_poll_seconds), \
+                RecordFetcher(runtime.pool, runtime.credentials), \
+                Scheduler(runtime.pool, runtime.credentials, settings):
             app.state.runtime = runtime
-            app.state.accounts = AccountCache()
+            app.state.accounts = AccountCache(runtime.credentials)
             app.state.readiness_checks = runtime.readiness_checks()
             yield
 

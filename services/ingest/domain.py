@@ -1,32 +1,17 @@
 """What ingest decides, as plain functions: a provider's finished call becomes one canonical
-`CallEnded`, with calltime's call id, and a presented webhook token is checked against the
-digest the firm registered."""
+`CallEnded` with calltime's call id, and a fingerprint says whether a later notice changed it."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 
 from calltime.events import CallEnded
-from calltime.ingest.providers.ringcentral import FinishedCall
+from calltime.ingest.providers.model import FinishedCall
 
 
 def call_id_for(provider: str, provider_call_id: str) -> str:
     return f"{provider}:{provider_call_id}"
-
-
-def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-def token_accepted(presented: str | None, registered_digest: bytes) -> bool:
-    """Constant-time comparison of digests: the token itself is never stored."""
-    if not presented:
-        return False
-    return hmac.compare_digest(token_digest(presented), bytes(registered_digest))
 
 
 def fingerprint(finished: FinishedCall) -> str:
@@ -35,14 +20,6 @@ def fingerprint(finished: FinishedCall) -> str:
                                      finished.provider_user_id, finished.started_at.isoformat(),
                                      finished.ended_at.isoformat(), finished.duration_seconds,
                                      finished.result))
-
-
-def tracked_extensions(notifications, account_id: str, mapped: Iterable[str]) -> set[str]:
-    """The firm's own legs: extensions mapped to an attorney, and any other extension of the
-    firm's account, so that a call on an unmapped extension is still announced."""
-    own = {party.extension_id for n in notifications for party in n.parties
-           if party.account_id == account_id and party.extension_id}
-    return own | set(mapped)
 
 
 def call_ended(finished: FinishedCall, *, firm_id: str, provider: str,

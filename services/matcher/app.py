@@ -43,7 +43,7 @@ async def match_call(runtime: Runtime, call: CallEnded) -> CallMatched:
 
 async def sync_directory(runtime: Runtime, clients: BillingClients, firm_id: str):
     firm = await load_firm(runtime.pool, firm_id)
-    return await sync_firm(runtime.pool, clients.for_firm(firm), firm_id, firm.phone_region)
+    return await sync_firm(runtime.pool, await clients.for_firm(firm), firm_id, firm.phone_region)
 
 
 async def sync_all_periodically(runtime: Runtime, clients: BillingClients, every: float) -> None:
@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         async with service_runtime(settings, SERVICE) as runtime:
             app.state.runtime = runtime
-            app.state.billing_clients = BillingClients()
+            app.state.billing_clients = BillingClients(runtime.credentials)
             app.state.syncs_running = set()
             async with faust_app_running(stream_app):
                 syncing = asyncio.create_task(sync_all_periodically(

@@ -174,7 +174,7 @@ async def test_forged_malformed_and_oversized_webhooks_are_refused_and_publish_n
     conn = await asyncpg.connect(p.stack.database_url)
     try:
         stored = await conn.fetchval(
-            "SELECT count(*) FROM ingest.ringcentral_notifications WHERE telephony_session_id = $1",
+            "SELECT count(*) FROM ingest.notices WHERE provider = 'ringcentral' AND provider_call_id = $1",
             spec.telephony_session_id)
     finally:
         await conn.close()

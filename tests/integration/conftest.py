@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from calltime.demo.stack import LocalStack
+from calltime.demo.stack import CREDENTIALS_KEY, LocalStack
 from calltime.settings import Settings
 
 
@@ -23,4 +23,5 @@ async def stack(infrastructure, tmp_path_factory):
 def settings(stack) -> Settings:
     return Settings(environment="test", kafka_bootstrap=stack.kafka_bootstrap,
                     database_url=stack.database_url, topic_prefix=stack.topic_prefix,
-                    approval_signing_key="integration-signing-key", outbox_poll_seconds=0.05)
+                    approval_signing_key="integration-signing-key", outbox_poll_seconds=0.05,
+                    credentials_key=CREDENTIALS_KEY)

@@ -1,0 +1,45 @@
+"""Onboarding: what connecting a firm's phone system and billing system records. Secrets go to
+the sealed credential store, never to a plain column; used by the demo, the tests and (later)
+the admin UI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from calltime.billing import connect
+from calltime.credentials import CredentialStore
+from calltime.ingest import store as ingest_store
+
+BILLING_TOKENS = connect.BILLING_TOKENS  # {access_token, refresh_token, expires_at}; `billing.client` holds the app id/secret
+
+
+async def connect_phone_provider(credentials: CredentialStore, conn: asyncpg.Connection, *, firm_id: str,
+                                 provider: str, account_id: str, webhook_secret: str,
+                                 users: Mapping[str, str], api_base_url: str | None = None,
+                                 api_credentials: Mapping[str, Any] | None = None) -> None:
+    """`users` maps the provider's user / extension ids to billing user ids."""
+    await conn.execute(
+        "INSERT INTO ingest.provider_accounts (firm_id, provider, account_id, api_base_url)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (firm_id, provider) DO UPDATE"
+        " SET account_id = EXCLUDED.account_id, api_base_url = EXCLUDED.api_base_url",
+        firm_id, provider, account_id, api_base_url)
+    await credentials.put(firm_id, ingest_store.webhook_credential(provider), {"secret": webhook_secret}, conn=conn)
+    if api_credentials is not None:
+        await credentials.put(firm_id, ingest_store.api_credential(provider), api_credentials, conn=conn)
+    await conn.executemany(
+        "INSERT INTO ingest.phone_users (firm_id, provider, provider_user_id, attorney_user_id)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (firm_id, provider, provider_user_id)"
+        " DO UPDATE SET attorney_user_id = EXCLUDED.attorney_user_id",
+        [(firm_id, provider, user, attorney) for user, attorney in users.items()])
+
+
+async def connect_billing_oauth(credentials: CredentialStore, conn: asyncpg.Connection, *, firm_id: str,
+                                access_token: str, refresh_token: str | None, expires_at: float | None,
+                                client_id: str, client_secret: str) -> None:
+    await credentials.put(firm_id, BILLING_TOKENS, {"access_token": access_token, "refresh_token": refresh_token,
+                                                    "expires_at": expires_at}, conn=conn)
+    await credentials.put(firm_id, f"{BILLING_TOKENS}.client",
+                          {"client_id": client_id, "client_secret": client_secret}, conn=conn)
