@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # Reconciliation: how often each firm's provider call log is swept, and how far back.
     reconcile_every_seconds: float = 600.0
     reconcile_window_seconds: float = 2 * 3600.0
+    # Webhooks accepted per second from one (provider, firm, address), with this burst.
+    webhook_rate_per_second: float = 2000.0
+    webhook_burst: float = 4000.0
 
     @model_validator(mode="after")
     def refuse_unsafe_defaults(self) -> "Settings":

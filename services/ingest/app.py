@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from calltime import web
 from calltime.ingest import store
+from calltime.ingest.door import SourceLimiter
 from calltime.ingest.fetcher import RecordFetcher
 from calltime.ingest.reconcile import Scheduler
 from calltime.ingest.webhooks import SERVICE, AccountCache, router
@@ -29,6 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
                 Scheduler(runtime.pool, runtime.credentials, settings):
             app.state.runtime = runtime
             app.state.accounts = AccountCache(runtime.credentials)
+            app.state.door = SourceLimiter(settings.webhook_rate_per_second, settings.webhook_burst)
             app.state.readiness_checks = runtime.readiness_checks()
             yield
 

@@ -52,6 +52,12 @@ def refuse(status: int, reason: str) -> JSONResponse:
 async def provider_webhook(provider: str, firm_id: str, request: Request) -> Response:
     if provider not in registry.PROVIDERS:
         return refuse(404, f"unknown provider {provider!r}")
+    client = request.client.host if request.client else "-"
+    wait = request.app.state.door.admit((provider, firm_id, client))
+    if wait:
+        response = refuse(429, "too many requests from this source")
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return response
     body = await request.body()
     record = await request.app.state.accounts.get(firm_id, provider)
     if record is None:
