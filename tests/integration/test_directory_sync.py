@@ -1,5 +1,5 @@
 """Directory sync from (fake) Clio over real HTTP into the real database, and the matcher's look-up
-on what it wrote: a full paged sync, then an incremental one that sees edits."""
+on what it wrote: a full paged sync of 5,000 contacts, then an incremental one that sees edits."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def test_full_then_incremental_sync_follows_number_and_matter_changes(stac
                   phone_number="+1 312 555 0100", tokens=["sync-token"])
     contacts = [clio.add_contact(FIRM, name=f"Client {n}", is_client=True,
                                  phone_numbers=[f"(312) 555-{2000 + n:04d}"], updated_at=YESTERDAY)
-                for n in range(450)]
+                for n in range(5000)]
     matter = clio.add_matter(FIRM, display_number="00007", description="Estate of Client 7",
                              client_id=contacts[7], updated_at=YESTERDAY)
     clio.add_matter(FIRM, display_number="00008", description="Client 8 lease", client_id=contacts[8],
@@ -39,7 +39,7 @@ async def test_full_then_incremental_sync_follows_number_and_matter_changes(stac
         with FakeClioServer(clio) as server:
             async with ClioClient(server.base_url, "sync-token") as client:
                 first = await sync_firm(pool, client, FIRM, "US")
-                assert (first.users, first.contacts, first.matters, first.incremental) == (1, 450, 2, False)
+                assert (first.users, first.contacts, first.matters, first.incremental) == (1, 5000, 2, False)
                 assert await outcome(pool, "+13125552007") is MatchOutcome.SINGLE_MATTER
                 assert await outcome(pool, "+13125552100") is MatchOutcome.CLIENT_NO_MATTER
                 assert await outcome(pool, "+13125550100") is MatchOutcome.NON_CLIENT  # our own line
