@@ -6,22 +6,27 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import hmac
 import itertools
 import json
 import logging
 import math
+import random
 import re
+import secrets
 import threading
 import time
+from urllib.parse import parse_qsl
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -39,6 +44,18 @@ INVALID_TOKEN_DESCRIPTION = (
     "The access token provided is expired, revoked, malformed or invalid for other reasons."
 )
 COMMIT_FAULT_TARGETS = ("activities", "communications")
+DEFAULT_ACCESS_TOKEN_LIFETIME = 2_592_000  # 30 days, the expires_in Clio documents (billing-apis.md §1.2)
+AUTHORIZATION_CODE_LIFETIME = 600  # "The code is valid for 10 minutes" (§1.2)
+WEBHOOK_DEFAULT_LIFETIME = timedelta(days=3)
+WEBHOOK_MAX_LIFETIME = timedelta(days=31)
+# Delivery retries: "base timeout retry is 2 minutes, and we re-attempt 5 times ... doubling" (§1.9).
+WEBHOOK_RETRY_BASE_SECONDS = 120
+WEBHOOK_MAX_REATTEMPTS = 5
+WEBHOOK_MODELS_FAKED = {"contact": "contact", "matter": "matter"}
+_WEBHOOK_EVENTS = {
+    "contact": frozenset({"created", "updated", "deleted"}),
+    "matter": frozenset({"created", "updated", "deleted", "matter_opened", "matter_pended", "matter_closed"}),
+}
 # RFC 6750 b64token syntax; anything else is a malformed header rather than an unknown token.
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
 
@@ -60,7 +77,15 @@ _FIELDS: dict[str, frozenset[str]] = {
         "id", "etag", "number", "display_number", "description", "status", "billable", "billing_method",
         "open_date", "close_date", "pending_date", "client_id", "created_at", "updated_at",
     }),
-    "activity_description": frozenset({"id", "etag", "name"}),
+    "activity_description": frozenset({
+        "id", "etag", "name", "type", "default", "category_type", "utbms_activity_id", "utbms_task_id",
+        "utbms_task_name", "accessible_to_user", "visible_to_co_counsel", "rate", "created_at", "updated_at",
+    }),
+    "utbms_code": frozenset({"id", "etag", "code", "name", "description", "type", "utbms_set_id"}),
+    "webhook": frozenset({
+        "id", "etag", "url", "fields", "shared_secret", "model", "status", "events", "expires_at", "created_at",
+        "updated_at",
+    }),
     "activity": frozenset({
         "id", "etag", "type", "date", "quantity", "quantity_in_hours", "rounded_quantity",
         "rounded_quantity_in_hours", "quantity_redacted", "price", "total", "note", "flat_rate", "billed",
@@ -80,6 +105,8 @@ _NESTED: dict[str, dict[str, str]] = {
     "contact": {"phone_numbers": "phone_number"},
     "matter": {"client": "contact", "responsible_attorney": "user"},
     "activity_description": {},
+    "utbms_code": {},
+    "webhook": {},
     "activity": {
         "matter": "matter", "user": "user", "communication": "communication",
         "activity_description": "activity_description",
@@ -181,6 +208,16 @@ class Faults:
     commit_fault_targets: tuple[str, ...] = ("activities",)
     # None: echo X-API-VERSION honestly; "": leave the header out; anything else: echo that instead.
     echo_api_version: str | None = None
+    # Random and burst faults (names shared by every billing fake).
+    fail_fraction_5xx: float = 0.0  # that share of API requests answer 503
+    burst_429: int = 0  # the next N API requests answer 429 with Retry-After
+    slow_seconds: float = 0.0  # every API and OAuth answer is delayed this long
+    drop_after_commit_fraction: float = 0.0  # that share of POSTs to commit_fault_targets commit, then drop
+    seed: int = 0  # seeds the RNG behind the fractions; setting it restarts the sequence
+    burst_retry_after_seconds: int = 1
+
+
+_FRACTIONS = ("fail_fraction_5xx", "drop_after_commit_fraction")
 
 
 @dataclass
@@ -194,6 +231,24 @@ class _Firm:
     activity_descriptions: dict[int, dict[str, Any]] = field(default_factory=dict)
     activities: dict[int, dict[str, Any]] = field(default_factory=dict)
     communications: dict[int, dict[str, Any]] = field(default_factory=dict)
+    utbms_codes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    webhooks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    use_utbms_codes: bool = False
+    client_rates: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class WebhookDelivery:
+    """One POST the fake sent (or tried to send) to a subscriber."""
+
+    webhook_id: int
+    kind: str  # 'handshake' or the event name
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    status_code: int | None = None  # None: no answer (connection error or timeout)
+    attempts: int = 0
+    next_attempt_at: float = 0.0
 
 
 @dataclass
@@ -213,14 +268,25 @@ class FakeClioState:
         rate_limit: int = DEFAULT_RATE_LIMIT,
         rate_window_seconds: int = DEFAULT_RATE_WINDOW_SECONDS,
         clock: Callable[[], float] = time.time,
+        access_token_lifetime_seconds: int = DEFAULT_ACCESS_TOKEN_LIFETIME,
     ) -> None:
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
         self.clock = clock
+        self.access_token_lifetime_seconds = access_token_lifetime_seconds
         self.faults = Faults()
+        self._rng = random.Random(self.faults.seed)
         self._lock = threading.RLock()
         self._firms: dict[str, _Firm] = {}
         self._tokens: dict[str, tuple[str, int]] = {}
+        self._token_expiry: dict[str, float] = {}
+        self._token_grant: dict[str, str] = {}  # access token -> the refresh token it was issued under
+        self._apps: dict[str, tuple[str, str | None]] = {}  # client_id -> (secret, redirect_uri)
+        self._codes: dict[str, tuple[str, int, str, str | None, float]] = {}
+        self._grants: dict[str, tuple[str, int, str]] = {}  # refresh token -> (firm, user, client_id)
+        self._outbox: list[WebhookDelivery] = []
+        self._delivered: list[WebhookDelivery] = []
+        self._webhook_seen: set[tuple[int, int]] = set()
         self._windows: dict[str, tuple[float, int]] = {}
         self._ids = itertools.count(1001)
         self._used_ids: set[int] = set()
@@ -232,14 +298,16 @@ class FakeClioState:
 
     # -- seeding -------------------------------------------------------------------------------------------------
 
-    def add_firm(self, key: str, name: str, *, account_id: int | None = None) -> None:
+    def add_firm(self, key: str, name: str, *, account_id: int | None = None, use_utbms_codes: bool = False) -> None:
         with self._lock:
             if key in self._firms:
                 raise ValueError(f"firm {key!r} already exists")
-            self._firms[key] = _Firm(key=key, account_id=account_id or self._next_id(), name=name)
+            self._firms[key] = _Firm(
+                key=key, account_id=account_id or self._next_id(), name=name, use_utbms_codes=use_utbms_codes
+            )
 
     def add_user(
-        self, firm: str, *, name: str, rate: Decimal | int | str = Decimal("0"), time_zone: str | None = None,
+        self, firm: str, *, name: str, rate: Decimal | int | str | None = Decimal("0"), time_zone: str | None = None,
         phone_number: str | None = None, enabled: bool = True, subscription_type: str = "Attorney",
         email: str | None = None, id: int | None = None, tokens: Iterable[str] = (),
     ) -> int:
@@ -248,7 +316,8 @@ class FakeClioState:
             first, _, last = name.partition(" ")
             self._firm(firm).users[user_id] = self._stamp({
                 "id": user_id, "name": name, "first_name": first, "last_name": last, "email": email,
-                "enabled": enabled, "subscription_type": subscription_type, "rate": Decimal(str(rate)),
+                "enabled": enabled, "subscription_type": subscription_type,
+                "rate": Decimal(str(rate)) if rate is not None else None,  # Clio answers null for a user without one
                 "time_zone": time_zone, "phone_number": phone_number,
             })
             for token in tokens:
@@ -264,6 +333,83 @@ class FakeClioState:
     def revoke_token(self, token: str) -> None:
         with self._lock:
             self._tokens.pop(token, None)
+
+    def expire_token(self, token: str) -> None:
+        """Make an access token expired now (as if its expires_in had run out)."""
+        with self._lock:
+            if token not in self._tokens:
+                raise ValueError("unknown access token")
+            self._token_expiry[token] = self.clock()
+
+    # -- OAuth (billing-apis.md §1.2) ----------------------------------------------------------------------------
+
+    def add_oauth_app(self, client_id: str, client_secret: str, *, redirect_uri: str | None = None) -> None:
+        with self._lock:
+            self._apps[client_id] = (client_secret, redirect_uri)
+
+    def authorize(self, firm: str, user_id: int, client_id: str, *, redirect_uri: str | None = None) -> str:
+        """The `code` Clio's consent page would redirect with after `user_id` approved `client_id`."""
+        with self._lock:
+            if client_id not in self._apps:
+                raise ValueError(f"unknown OAuth client {client_id!r}")
+            if user_id not in self._firm(firm).users:
+                raise ValueError(f"user {user_id} is not in firm {firm!r}")
+            code = secrets.token_urlsafe(24)
+            self._codes[code] = (firm, user_id, client_id, redirect_uri, self.clock() + AUTHORIZATION_CODE_LIFETIME)
+            return code
+
+    def issue_tokens(self, firm: str, user_id: int, client_id: str = "fake-client") -> dict[str, Any]:
+        """A grant as if the code exchange had happened: the token endpoint's answer for it."""
+        with self._lock:
+            if client_id not in self._apps:
+                self._apps[client_id] = (secrets.token_urlsafe(16), None)
+            refresh = secrets.token_urlsafe(32)
+            self._grants[refresh] = (firm, user_id, client_id)
+            return self._token_answer(refresh) | {"refresh_token": refresh}
+
+    def revoke_grant(self, refresh_token: str) -> None:
+        """Revoke a refresh token and every access token issued under it (a firm disconnecting the app)."""
+        with self._lock:
+            self._grants.pop(refresh_token, None)
+            for token in [t for t, grant in self._token_grant.items() if grant == refresh_token]:
+                self._tokens.pop(token, None)
+                self._token_grant.pop(token, None)
+
+    def _token_answer(self, refresh_token: str) -> dict[str, Any]:
+        firm, user_id, _ = self._grants[refresh_token]
+        access = secrets.token_urlsafe(32)
+        self._tokens[access] = (firm, user_id)
+        self._token_expiry[access] = self.clock() + self.access_token_lifetime_seconds
+        self._token_grant[access] = refresh_token
+        return {"token_type": "bearer", "access_token": access, "expires_in": self.access_token_lifetime_seconds}
+
+    def _exchange(self, form: Mapping[str, str]) -> dict[str, Any]:
+        """The /oauth/token grant; raises _ApiError with an RFC 6749 body."""
+        with self._lock:
+            client_id = form.get("client_id")
+            app = self._apps.get(client_id or "")
+            if app is None or not hmac.compare_digest(app[0], form.get("client_secret", "")):
+                raise _oauth_error(401, "invalid_client", "Client authentication failed")
+            grant_type = form.get("grant_type")
+            if grant_type == "authorization_code":
+                return self._exchange_code(form, client_id)
+            if grant_type == "refresh_token":
+                grant = self._grants.get(form.get("refresh_token", ""))
+                if grant is None or grant[2] != client_id:
+                    raise _oauth_error(400, "invalid_grant", "The refresh token is invalid or revoked")
+                # Clio keeps the refresh token: the refresh answer carries none (§1.2).
+                return self._token_answer(form["refresh_token"])
+            raise _oauth_error(400, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token")
+
+    def _exchange_code(self, form: Mapping[str, str], client_id: str) -> dict[str, Any]:
+        entry = self._codes.pop(form.get("code", ""), None)  # single use, even when the exchange fails
+        if entry is None or entry[2] != client_id or entry[4] <= self.clock():
+            raise _oauth_error(400, "invalid_grant", "The authorization code is invalid or expired")
+        if entry[3] is not None and form.get("redirect_uri") != entry[3]:
+            raise _oauth_error(400, "invalid_grant", "redirect_uri does not match the authorization request")
+        refresh = secrets.token_urlsafe(32)
+        self._grants[refresh] = (entry[0], entry[1], client_id)
+        return self._token_answer(refresh) | {"refresh_token": refresh}
 
     def add_contact(
         self, firm: str, *, name: str, type: str = "Person", is_client: bool = False,
@@ -281,17 +427,26 @@ class FakeClioState:
             if updated_at is not None:
                 record["updated_at"] = updated_at
             self._firm(firm).contacts[contact_id] = record
+            self._emit(firm, "contact", record, ("created",), None)
             return contact_id
 
     def update_contact(self, firm: str, contact_id: int, **changes: Any) -> None:
         """Change a contact as if edited in Clio: bumps updated_at and etag. `phone_numbers` replaces the list."""
         with self._lock:
             record = self._firm(firm).contacts[contact_id]
+            changed = set(changes)
             if "phone_numbers" in changes:
                 numbers = changes.pop("phone_numbers")
                 record["_phone_numbers"] = [self._phone_record(p, i == 0) for i, p in enumerate(numbers)]
+                changed |= {"primary_phone_number", "secondary_phone_number"}
             record.update(changes)
             self._touch(record)
+            self._emit(firm, "contact", record, ("updated",), changed)
+
+    def delete_contact(self, firm: str, contact_id: int) -> None:
+        with self._lock:
+            record = self._firm(firm).contacts.pop(contact_id)
+            self._emit(firm, "contact", record, ("deleted",), None)
 
     def add_matter(
         self, firm: str, *, display_number: str, description: str = "", status: str = "Open",
@@ -312,26 +467,177 @@ class FakeClioState:
             if updated_at is not None:
                 record["updated_at"] = updated_at
             the_firm.matters[matter_id] = record
+            self._emit(firm, "matter", record, ("created",), None)
             return matter_id
 
     def update_matter(self, firm: str, matter_id: int, **changes: Any) -> None:
         """Change a matter as if edited in Clio: bumps updated_at and etag."""
         with self._lock:
             record = self._firm(firm).matters[matter_id]
+            changed = set(changes) | ({"client"} if "client_id" in changes else set())
+            events = ["updated"]
             if "status" in changes:
                 changes["status"] = _MATTER_STATUSES[changes["status"].lower()]
+                if changes["status"] != record["status"]:
+                    events.append(_STATUS_EVENTS[changes["status"]])
             if "client_id" in changes:
                 record["_client_id"] = changes.pop("client_id")
             record.update(changes)
             self._touch(record)
+            self._emit(firm, "matter", record, tuple(events), changed)
 
-    def add_activity_description(self, firm: str, name: str, *, id: int | None = None) -> int:
+    def add_activity_description(
+        self, firm: str, name: str, *, id: int | None = None, rate: Decimal | int | str | None = None,
+        flat_rate: bool = False, default: bool = False, utbms_activity_id: int | None = None,
+        utbms_task_id: int | None = None,
+    ) -> int:
+        """An activity category. `rate` is its own rate (hourly, or the flat amount); None uses the user's rate."""
+        if flat_rate and rate is None:
+            raise ValueError("a flat-rate activity description needs its rate")
         with self._lock:
+            the_firm = self._firm(firm)
             description_id = self._claim_id(id)
-            self._firm(firm).activity_descriptions[description_id] = self._stamp(
-                {"id": description_id, "name": name}
-            )
+            task = the_firm.utbms_codes.get(utbms_task_id) if utbms_task_id is not None else None
+            the_firm.activity_descriptions[description_id] = self._stamp({
+                "id": description_id, "name": name, "type": "utbms" if utbms_activity_id is not None else "clio",
+                "default": default, "category_type": "flat" if flat_rate else "hourly",
+                "utbms_activity_id": utbms_activity_id, "utbms_task_id": utbms_task_id,
+                "utbms_task_name": f"{task['code']} {task['name']}" if task else None,
+                "accessible_to_user": True, "visible_to_co_counsel": False,
+                "_rate": Decimal(str(rate)) if rate is not None else None,
+            })
             return description_id
+
+    def set_matter_rate(
+        self, firm: str, matter_id: int, rate: Decimal | int | str, *, user_id: int | None = None,
+        activity_description_id: int | None = None,
+    ) -> None:
+        """A matter custom hourly rate for one user, one activity description, or (neither) everyone."""
+        with self._lock:
+            matter = self._firm(firm).matters[matter_id]
+            matter.setdefault("_custom_rates", []).append({
+                "rate": Decimal(str(rate)), "user_id": user_id, "activity_description_id": activity_description_id,
+            })
+
+    def set_client_rate(self, firm: str, contact_id: int, rate: Decimal | int | str, *, user_id: int | None = None) -> None:
+        """A contact (client) custom hourly rate for one user or (user_id None) everyone."""
+        with self._lock:
+            the_firm = self._firm(firm)
+            if contact_id not in the_firm.contacts:
+                raise ValueError(f"contact {contact_id} is not in firm {firm!r}")
+            the_firm.client_rates.append({"contact_id": contact_id, "user_id": user_id, "rate": Decimal(str(rate))})
+
+    def set_billing_settings(self, firm: str, *, use_utbms_codes: bool) -> None:
+        """The account's Settings > Billing switch that UTBMS-coded entries need (§1.7)."""
+        with self._lock:
+            self._firm(firm).use_utbms_codes = use_utbms_codes
+
+    def add_utbms_code(self, firm: str, type: str, code: str, name: str, *, id: int | None = None) -> int:
+        if type not in ("UtbmsActivity", "UtbmsTask", "UtbmsExpense"):
+            raise ValueError("type must be UtbmsActivity, UtbmsTask or UtbmsExpense")
+        with self._lock:
+            code_id = self._claim_id(id)
+            self._firm(firm).utbms_codes[code_id] = self._stamp({
+                "id": code_id, "code": code, "name": name, "description": name, "type": type, "utbms_set_id": 1,
+            })
+            return code_id
+
+    # -- webhooks (billing-apis.md §1.9) -------------------------------------------------------------------------
+
+    def webhooks(self, firm: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_webhook_dump(w) for w in self._firm(firm).webhooks.values()]
+
+    def pending_webhook_deliveries(self) -> list[WebhookDelivery]:
+        with self._lock:
+            return list(self._outbox)
+
+    def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """Every delivery attempt made so far, oldest first."""
+        with self._lock:
+            return list(self._delivered)
+
+    async def deliver_webhooks(self, http: httpx.AsyncClient, *, timeout: float = 5.0) -> list[WebhookDelivery]:
+        """Send every handshake and event that is due (by the state's clock) and record the outcomes.
+
+        As Clio does: a 2xx, 3xx or 410 answer is a success (410 also suspends the webhook); a handshake
+        answered 200 with the X-Hook-Secret echoed enables the webhook; anything else is retried after 2
+        minutes, doubling, 5 times, after which the webhook is suspended.
+        """
+        with self._lock:
+            now = self.clock()
+            due = [d for d in self._outbox if d.next_attempt_at <= now]
+            self._outbox = [d for d in self._outbox if d.next_attempt_at > now]
+        sent = []
+        for delivery in due:
+            try:
+                response = await http.post(delivery.url, content=delivery.body, headers=delivery.headers,
+                                           timeout=timeout)
+                status, echoed = response.status_code, response.headers.get("X-Hook-Secret")
+            except httpx.HTTPError:
+                status, echoed = None, None
+            with self._lock:
+                sent.append(self._record_delivery(delivery, status, echoed))
+        return sent
+
+    def _record_delivery(self, delivery: WebhookDelivery, status: int | None, echoed: str | None) -> WebhookDelivery:
+        done = WebhookDelivery(**{**asdict(delivery), "status_code": status, "attempts": delivery.attempts + 1})
+        self._delivered.append(done)
+        webhook = self._webhook_by_id(delivery.webhook_id)
+        if webhook is None:
+            return done
+        if delivery.kind == "handshake":
+            if status == 200 and echoed == webhook["shared_secret"]:
+                webhook["status"] = "enabled"
+            return done
+        if status == 410:
+            webhook["status"] = "suspended"
+        elif status is None or not 200 <= status < 400:
+            if done.attempts > WEBHOOK_MAX_REATTEMPTS:
+                webhook["status"] = "suspended"
+            else:
+                done.next_attempt_at = self.clock() + WEBHOOK_RETRY_BASE_SECONDS * 2 ** (done.attempts - 1)
+                self._outbox.append(done)
+        return done
+
+    def _webhook_by_id(self, webhook_id: int) -> dict[str, Any] | None:
+        return next((f.webhooks[webhook_id] for f in self._firms.values() if webhook_id in f.webhooks), None)
+
+    def _queue_handshake(self, webhook: Mapping[str, Any]) -> None:
+        body = _dumps(_handshake_body(webhook)).encode()
+        self._outbox.append(WebhookDelivery(
+            webhook_id=webhook["id"], kind="handshake", url=webhook["url"], body=body,
+            headers={"Content-Type": "application/json", "X-Hook-Secret": webhook["shared_secret"]},
+        ))
+
+    def _emit(
+        self, firm_key: str, model: str, record: Mapping[str, Any], events: tuple[str, ...],
+        changed: set[str] | None,
+    ) -> None:
+        """Queue a signed delivery for each enabled, unexpired webhook of the firm watching this change."""
+        firm = self._firm(firm_key)
+        now = self._now()
+        for webhook in firm.webhooks.values():
+            if webhook["model"] != model or webhook["status"] != "enabled" or webhook["expires_at"] <= now:
+                continue
+            fields = parse_fields(webhook["fields"], model)
+            watched = {name for name, _ in fields}
+            for event in events:
+                if event not in webhook["events"]:
+                    continue
+                key = (webhook["id"], record["id"])
+                # `fields` are also the fields watched for updates; the first update of an object fires regardless.
+                if event == "updated" and key in self._webhook_seen and not (changed or set()) & watched:
+                    continue
+                self._webhook_seen.add(key)
+                spec = _DEFAULT_SPEC if event == "deleted" else fields
+                data = _View(firm, DEFAULT_API_VERSION).render(model, record, spec)
+                body = _dumps({"data": data, "meta": {"event": event, "webhook_id": webhook["id"]}}).encode()
+                self._outbox.append(WebhookDelivery(
+                    webhook_id=webhook["id"], kind=event, url=webhook["url"], body=body,
+                    headers={"Content-Type": "application/json",
+                             "X-Hook-Signature": webhook_signature(webhook["shared_secret"], body)},
+                ))
 
     @classmethod
     def from_seed(cls, seed: Mapping[str, Any], **kwargs: Any) -> FakeClioState:
@@ -359,7 +665,9 @@ class FakeClioState:
                 "id", "display_number", "description", "status", "client_id", "responsible_attorney_id",
             )))
         for description in firm.get("activity_descriptions", ()):
-            self.add_activity_description(key, description["name"], id=description.get("id"))
+            self.add_activity_description(key, description["name"], **_pick(description, (
+                "id", "rate", "flat_rate", "default",
+            )))
 
     # -- inspection (what tests and the admin API read) ----------------------------------------------------------
 
@@ -386,7 +694,13 @@ class FakeClioState:
                     value = tuple(value)
                     if not set(value) <= set(COMMIT_FAULT_TARGETS):
                         raise ValueError(f"commit_fault_targets must be within {COMMIT_FAULT_TARGETS}")
+                if name in _FRACTIONS and not 0 <= float(value) <= 1:
+                    raise ValueError(f"{name} must be between 0 and 1")
+                if name in ("burst_429", "slow_seconds") and value < 0:
+                    raise ValueError(f"{name} must not be negative")
                 setattr(self.faults, name, value)
+                if name == "seed":
+                    self._rng = random.Random(value)
             return Faults(**asdict(self.faults))
 
     def stats(self) -> dict[str, Any]:
@@ -396,6 +710,7 @@ class FakeClioState:
                 "rate_limited": self._stats["rate_limited"],
                 "unauthorized": self._stats["unauthorized"],
                 "server_errors_injected": self._stats["server_errors_injected"],
+                "oauth_requests": self._stats["oauth_requests"],
                 "by_route": dict(self._by_route),
                 "by_status": dict(self._by_status),
                 "by_api_version": dict(self._by_version),
@@ -413,6 +728,7 @@ class FakeClioState:
             self._stats["requests"] += 1
             self._by_route[route] += 1
             firm, user_id, token = self._authenticate(authorization)
+            self._take_burst_429()
             headers = self._take_rate_slot(token)
             version = requested_version if requested_version is not None else DEFAULT_API_VERSION
             if version not in SUPPORTED_API_VERSIONS:
@@ -423,7 +739,22 @@ class FakeClioState:
                 self.faults.fail_next_n_with_5xx -= 1
                 self._stats["server_errors_injected"] += 1
                 raise _ApiError(500, "InternalServerError", "Injected fault", headers=headers)
+            if self.faults.fail_fraction_5xx and self._rng.random() < self.faults.fail_fraction_5xx:
+                self._stats["server_errors_injected"] += 1
+                raise _ApiError(503, "ServiceUnavailableError", "Injected fault: try again later", headers=headers)
             return _Caller(firm=firm, user_id=user_id, version=version, headers=headers)
+
+    def _take_burst_429(self) -> None:
+        if self.faults.burst_429 <= 0:
+            return
+        self.faults.burst_429 -= 1
+        self._stats["rate_limited"] += 1
+        wait = max(1, int(self.faults.burst_retry_after_seconds))
+        # The Manage API's 429: the Error schema plus Retry-After (the {"message": ...} body is the Platform API's).
+        raise _ApiError(429, "RateLimited", "Rate limit exceeded. Retry later.", headers={
+            "Retry-After": str(wait), "X-RateLimit-Limit": str(self.rate_limit), "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(math.ceil(self.clock() + wait)),
+        })
 
     def _authenticate(self, authorization: str | None) -> tuple[_Firm, int, str]:
         match = _BEARER.fullmatch(authorization or "")
@@ -433,6 +764,9 @@ class FakeClioState:
             raise _ApiError(401, "UnauthorizedError", "User is not authorized")
         token = match.group(1)
         owner = self._tokens.get(token)
+        expiry = self._token_expiry.get(token)
+        if expiry is not None and expiry <= self.clock():
+            owner = None
         if owner is None:
             # An unknown, expired or revoked token gets the RFC 6750 shape (samples/clio_error_401_invalid_token).
             self._stats["unauthorized"] += 1
@@ -472,6 +806,11 @@ class FakeClioState:
             return {"X-API-VERSION": version}
         return {"X-API-VERSION": echo} if echo else {}
 
+    def _count_oauth(self, route: str) -> None:
+        with self._lock:
+            self._stats["oauth_requests"] += 1
+            self._by_route[route] += 1
+
     def _count_status(self, status: int) -> None:
         with self._lock:
             self._by_status[str(status)] += 1
@@ -483,6 +822,9 @@ class FakeClioState:
                 return False, 0.0
             if self.faults.drop_after_commit_n > 0:
                 self.faults.drop_after_commit_n -= 1
+                return True, 0.0
+            fraction = self.faults.drop_after_commit_fraction
+            if fraction and self._rng.random() < fraction:
                 return True, 0.0
             return False, float(self.faults.delay_after_commit_seconds)
 
@@ -531,6 +873,69 @@ class FakeClioState:
             "id": self._claim_id(spec.get("id")), "name": spec.get("name", "Work"), "number": spec["number"],
             "primary": bool(spec.get("primary", first)),
         })
+
+
+_STATUS_EVENTS = {"Open": "matter_opened", "Pending": "matter_pended", "Closed": "matter_closed"}
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """UNCONFIRMED (billing-apis.md §1.9): Clio does not document the encoding of X-Hook-Signature; the fake
+    sends the hex digest of HMAC-SHA256(shared secret, raw body)."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _handshake_body(webhook: Mapping[str, Any]) -> dict[str, Any]:
+    """UNCONFIRMED (billing-apis.md §1.9): the handshake is documented as a POST with X-Hook-Secret "and the
+    webhook id", not its body; the fake sends {"data": {"id": <webhook id>}}."""
+    return {"data": {"id": webhook["id"]}}
+
+
+def _oauth_error(status: int, error: str, description: str) -> _ApiError:
+    """UNCONFIRMED: Clio's token-endpoint errors are not in the reference; the fake uses RFC 6749 §5.2."""
+    return _ApiError(status, error, description, body={"error": error, "error_description": description},
+                     headers={"Cache-Control": "no-store"})
+
+
+def effective_rate(
+    firm: _Firm, description: Mapping[str, Any], matter: Mapping[str, Any] | None, user: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The rate_for answer of one activity description, as {amount, non_billable_amount, type, hierarchy}.
+
+    Precedence from Clio's help centre ("Rates and Rate Hierarchies", help.clio.com article 9289801180187; not
+    in billing-apis.md): flat-rate activity category > matter rate > client rate > activity category custom
+    rate > user default rate. Among several matching matter (or client) rates the highest wins, as Clio's
+    support article 203142764 says of conflicting group rates. Group rates are not modelled.
+    """
+    own = description.get("_rate")
+    if description.get("category_type") == "flat":
+        return _rate(own, "FlatRate", "Activity")
+    matter_rates = [
+        r["rate"] for r in (matter or {}).get("_custom_rates", ())
+        if r["user_id"] in (None, user["id"]) and r["activity_description_id"] in (None, description["id"])
+    ]
+    if matter_rates:
+        return _rate(max(matter_rates), "Custom", "Matter")
+    client_id = (matter or {}).get("_client_id")
+    client_rates = [
+        r["rate"] for r in firm.client_rates if r["contact_id"] == client_id and r["user_id"] in (None, user["id"])
+    ]
+    if client_id is not None and client_rates:
+        return _rate(max(client_rates), "Custom", "Client")
+    if own is not None:
+        return _rate(own, "Custom", "Activity")
+    return _rate(user.get("rate"), "User", "Default")
+
+
+def _rate(amount: Decimal | None, kind: str, hierarchy: str) -> dict[str, Any]:
+    return {"amount": amount, "non_billable_amount": Decimal("0.0"), "type": kind, "hierarchy": hierarchy}
+
+
+def _webhook_dump(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record["id"], "url": record["url"], "model": record["model"], "events": list(record["events"]),
+        "fields": record["fields"], "status": record["status"], "expires_at": record["expires_at"].isoformat(),
+        "shared_secret": record["shared_secret"],
+    }
 
 
 def _pick(source: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
@@ -633,9 +1038,13 @@ def _check_field(kind: str, name: str) -> None:
 class _View:
     """Renders stored records of one firm as one API version shows them."""
 
-    def __init__(self, firm: _Firm, version: str) -> None:
+    def __init__(
+        self, firm: _Firm, version: str,
+        rate_for: tuple[Mapping[str, Any] | None, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.firm = firm
         self.version = version
+        self.rate_for = rate_for  # (matter or None, user) whose rates activity descriptions show
 
     def render(self, kind: str, record: Mapping[str, Any], spec: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -686,6 +1095,15 @@ class _View:
 
     def _matter_client_id(self, record: Mapping[str, Any]) -> Any:
         return record.get("_client_id")
+
+    def _activity_description_rate(self, record: Mapping[str, Any]) -> Any:
+        if self.rate_for is None:
+            return None
+        matter, user = self.rate_for
+        return effective_rate(self.firm, record, matter, user)
+
+    def _webhook_events(self, record: Mapping[str, Any]) -> list[str]:
+        return list(record["events"])
 
     def _communication_time_entries_count(self, record: Mapping[str, Any]) -> int:
         return sum(
@@ -761,6 +1179,12 @@ _LIST_SPECS = {
         "communication", "communications",
         ("external_property_name", "external_property_value", "type", "matter_id"),
     ),
+    "activity_descriptions": _ListSpec(
+        "activity_description", "activity_descriptions",
+        ("type", "flat_rate", "updated_since", "rate_for[matter_id]", "rate_for[user_id]"),
+    ),
+    "utbms_codes": _ListSpec("utbms_code", "utbms_codes", ("type", "utbms_set_id")),
+    "webhooks": _ListSpec("webhook", "webhooks", ()),
 }
 _PAGING_PARAMS = frozenset({"fields", "limit", "order", "page_token"})
 
@@ -779,7 +1203,8 @@ def _list_page(state: FakeClioState, caller: _Caller, request: Request, resource
     after = _decode_page_token(params.get("page_token"))
     predicate = _filter_for(resource, params)
     with state._lock:
-        view = _View(caller.firm, caller.version)
+        rate_for = _rate_context(caller, params) if resource == "activity_descriptions" else None
+        view = _View(caller.firm, caller.version, rate_for)
         table = getattr(caller.firm, spec.table)
         rows = [r for _, r in sorted(table.items()) if r["id"] > after and predicate(view, r)]
         page = rows[:limit]
@@ -791,6 +1216,23 @@ def _list_page(state: FakeClioState, caller: _Caller, request: Request, resource
     if after:
         paging["previous"] = str(request.url.remove_query_params("page_token"))
     return {"data": data, "meta": {"paging": paging}}
+
+
+def _rate_context(caller: _Caller, params: Mapping[str, str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(matter, user) for rate_for[...]: "If [user_id is] not provided, the user associated to the API request is
+    assumed" (OpenAPI text in samples/billing/clio_activity_descriptions_rate_for_response.src.txt)."""
+    firm = caller.firm
+    matter = None
+    if "rate_for[matter_id]" in params:
+        matter = firm.matters.get(_id_param(params["rate_for[matter_id]"], "rate_for[matter_id]"))
+        if matter is None:
+            raise _ApiError(404, "NotFoundError", "rate_for[matter_id] is not a matter of this account")
+    user_id = caller.user_id
+    if "rate_for[user_id]" in params:
+        user_id = _id_param(params["rate_for[user_id]"], "rate_for[user_id]")
+        if user_id not in firm.users:
+            raise _ApiError(404, "NotFoundError", "rate_for[user_id] is not a user of this account")
+    return matter, firm.users[user_id]
 
 
 def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int) -> int:
@@ -905,12 +1347,37 @@ def _communication_filters(params: Mapping[str, str]) -> list[Callable[[_View, M
     return checks
 
 
+def _activity_description_filters(params: Mapping[str, str]) -> list[Callable[[_View, Mapping[str, Any]], bool]]:
+    checks = []
+    if "type" in params:
+        if params["type"] not in ("utbms", "clio"):
+            raise _ApiError(400, "BadRequestError", "type must be utbms or clio")
+        checks.append(lambda v, r: r["type"] == params["type"])
+    if "flat_rate" in params:
+        flat = params["flat_rate"].lower() == "true"
+        checks.append(lambda v, r: (r["category_type"] == "flat") == flat)
+    return checks
+
+
+def _utbms_code_filters(params: Mapping[str, str]) -> list[Callable[[_View, Mapping[str, Any]], bool]]:
+    checks = []
+    if "type" in params:
+        checks.append(lambda v, r: r["type"] == params["type"])
+    if "utbms_set_id" in params:
+        set_id = _id_param(params["utbms_set_id"], "utbms_set_id")
+        checks.append(lambda v, r: r["utbms_set_id"] == set_id)
+    return checks
+
+
 _RESOURCE_FILTERS = {
     "users": _user_filters,
     "contacts": _contact_filters,
     "matters": _matter_filters,
     "activities": _activity_filters,
     "communications": _communication_filters,
+    "activity_descriptions": _activity_description_filters,
+    "utbms_codes": _utbms_code_filters,
+    "webhooks": lambda params: [],
 }
 
 
@@ -1013,21 +1480,45 @@ def _create_activity(state: FakeClioState, caller: _Caller, data: Mapping[str, A
     with state._lock:
         matter_id = _ref_id(data, "matter", firm.matters, required=False)
         user_id = _ref_id(data, "user", firm.users, required=False) or caller.user_id
+        description_id = _activity_description_ref(state, firm, data)
+        if price is None:
+            # Without a price the rate hierarchy applies (likely Clio behaviour, UNCONFIRMED on create, §1.7).
+            description = firm.activity_descriptions.get(description_id) or {"id": None, "category_type": "hourly"}
+            price = effective_rate(firm, description, firm.matters.get(matter_id), firm.users[user_id])["amount"]
         record = state._stamp({
             "id": state._next_id(), "type": data["type"], "date": entry_date,
             "_seconds": _quantity_in(quantity or Decimal(0), caller.version),
-            # Without a price the user's default rate applies (likely Clio behaviour, UNCONFIRMED on create).
-            "price": price if price is not None else firm.users[user_id]["rate"],
+            "price": price if price is not None else Decimal("0"),
             "note": data.get("note"), "flat_rate": False, "billed": False, "on_bill": False,
             "non_billable": _bool_value(data, "non_billable"), "no_charge": _bool_value(data, "no_charge"),
             "_matter_id": matter_id, "_user_id": user_id,
             "_communication_id": _ref_id(data, "communication", firm.communications, required=False),
-            "_activity_description_id": _ref_id(
-                data, "activity_description", firm.activity_descriptions, required=False
-            ),
+            "_activity_description_id": description_id,
         })
         firm.activities[record["id"]] = record
         return record
+
+
+def _activity_description_ref(state: FakeClioState, firm: _Firm, data: Mapping[str, Any]) -> int | None:
+    """`activity_description` as {id} or as UTBMS codes {utbms_activity_id, utbms_task_id} (§1.6, §1.7)."""
+    ref = data.get("activity_description")
+    if not isinstance(ref, dict) or "id" in ref or ref is None:
+        return _ref_id(data, "activity_description", firm.activity_descriptions, required=False)
+    if set(ref) != {"utbms_activity_id", "utbms_task_id"}:
+        raise _unprocessable("activity_description must be {id} or {utbms_activity_id, utbms_task_id}")
+    if not firm.use_utbms_codes:
+        raise _unprocessable("UTBMS codes are not enabled for this account (use_utbms_codes)")
+    activity = firm.utbms_codes.get(ref["utbms_activity_id"])
+    task = firm.utbms_codes.get(ref["utbms_task_id"])
+    if activity is None or activity["type"] != "UtbmsActivity" or task is None or task["type"] != "UtbmsTask":
+        raise _unprocessable("utbms_activity_id and utbms_task_id must name a UtbmsActivity and a UtbmsTask code")
+    for record in firm.activity_descriptions.values():
+        if (record["utbms_activity_id"], record["utbms_task_id"]) == (activity["id"], task["id"]):
+            return record["id"]
+    # UNCONFIRMED: assumed that Clio creates the UTBMS activity description for a new code pair on first use.
+    return state.add_activity_description(
+        firm.key, f"{activity['code']} {activity['name']}", utbms_activity_id=activity["id"], utbms_task_id=task["id"],
+    )
 
 
 def _create_communication(state: FakeClioState, caller: _Caller, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -1063,6 +1554,104 @@ def _external_properties(raw: Any) -> list[tuple[str, str]]:
             raise _unprocessable("each external property needs a name and a value")
         pairs.append((item["name"], str(item["value"])))
     return pairs
+
+
+_WEBHOOK_WRITABLE = frozenset({"url", "model", "events", "fields", "expires_at"})
+_WEBHOOK_MODEL_IDS = {1: "matter", 6: "contact"}  # "numeric IDs are accepted too (matter=1, contact=6)" (§1.9)
+_WEBHOOK_MODELS_DOCUMENTED = frozenset({
+    "activity", "bill", "calendar_entry", "clio_payments_payment", "communication", "contact", "document",
+    "folder", "matter", "task",
+})
+
+
+def _create_webhook(state: FakeClioState, caller: _Caller, data: Mapping[str, Any]) -> dict[str, Any]:
+    _reject_unknown(data, _WEBHOOK_WRITABLE)
+    model = _webhook_model(data.get("model"))
+    url = _webhook_url(data.get("url"))
+    fields = _webhook_fields(data.get("fields"), model)
+    events = _webhook_events(data.get("events", sorted(_WEBHOOK_EVENTS[model])), model)
+    with state._lock:
+        now = state._now()
+        record = state._stamp({
+            "id": state._next_id(), "url": url, "model": model, "events": events, "fields": fields,
+            "status": "pending", "expires_at": _webhook_expiry(data, now) or now + WEBHOOK_DEFAULT_LIFETIME,
+            "shared_secret": secrets.token_hex(16),
+        })
+        caller.firm.webhooks[record["id"]] = record
+        state._queue_handshake(record)
+        return record
+
+
+def _update_webhook(state: FakeClioState, caller: _Caller, webhook_id: int, data: Mapping[str, Any]) -> dict[str, Any]:
+    _reject_unknown(data, _WEBHOOK_WRITABLE - {"model"})
+    with state._lock:
+        record = _owned_webhook(caller, webhook_id)
+        changes: dict[str, Any] = {}
+        if "url" in data:
+            changes["url"] = _webhook_url(data["url"])
+        if "fields" in data:
+            changes["fields"] = _webhook_fields(data["fields"], record["model"])
+        if "events" in data:
+            changes["events"] = _webhook_events(data["events"], record["model"])
+        expiry = _webhook_expiry(data, state._now())
+        if expiry is not None:
+            changes["expires_at"] = expiry
+        record.update(changes)
+        state._touch(record)
+        if "url" in changes:
+            # A new URL needs a new handshake before anything is sent to it (§1.9).
+            record["status"] = "pending"
+            state._queue_handshake(record)
+        return record
+
+
+def _owned_webhook(caller: _Caller, webhook_id: int) -> dict[str, Any]:
+    record = caller.firm.webhooks.get(webhook_id)
+    if record is None:
+        raise _ApiError(404, "NotFoundError", f"No webhook {webhook_id}")
+    return record
+
+
+def _webhook_model(raw: Any) -> str:
+    model = _WEBHOOK_MODEL_IDS.get(raw, raw) if isinstance(raw, int) else raw
+    if model in WEBHOOK_MODELS_FAKED:
+        return model
+    if model in _WEBHOOK_MODELS_DOCUMENTED:
+        raise _ApiError(400, "BadRequestError", f"the fake sends webhooks for contact and matter only, not {model}")
+    raise _unprocessable("model must be one of " + ", ".join(sorted(_WEBHOOK_MODELS_DOCUMENTED)))
+
+
+def _webhook_url(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.lower().startswith("https://") or len(raw) <= len("https://"):
+        raise _unprocessable("url is required and must be an https URL")
+    return raw
+
+
+def _webhook_fields(raw: Any, model: str) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise _unprocessable("fields is required")
+    if len(raw) > 1000:
+        raise _unprocessable("fields may be at most 1000 characters")
+    parse_fields(raw, model)  # an unknown field is a 400, as on reads
+    return raw
+
+
+def _webhook_events(raw: Any, model: str) -> list[str]:
+    allowed = _WEBHOOK_EVENTS[model]
+    if not isinstance(raw, list) or not raw or not all(isinstance(e, str) and e in allowed for e in raw):
+        raise _unprocessable(f"events must be a non-empty list drawn from {', '.join(sorted(allowed))}")
+    return list(dict.fromkeys(raw))
+
+
+def _webhook_expiry(data: Mapping[str, Any], now: datetime) -> datetime | None:
+    if data.get("expires_at") is None:
+        return None
+    expires_at = _datetime_value(data, "expires_at")
+    if expires_at <= now:
+        raise _unprocessable("expires_at must be in the future")
+    if expires_at - now > WEBHOOK_MAX_LIFETIME:
+        raise _unprocessable(f"expires_at may be at most {WEBHOOK_MAX_LIFETIME.days} days ahead")
+    return expires_at
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1101,6 +1690,7 @@ def create_app(state: FakeClioState) -> FastAPI:
             )
         except _ApiError as error:
             state._count_status(error.status)
+            await _slow_down(state)
             return error.response()
         try:
             response = await handler(caller, request)
@@ -1108,6 +1698,7 @@ def create_app(state: FakeClioState) -> FastAPI:
             response = error.response()
         response.headers.update(caller.headers)
         state._count_status(response.status_code)
+        await _slow_down(state)
         return response
 
     def lister(resource: str) -> Callable[..., Any]:
@@ -1138,6 +1729,30 @@ def create_app(state: FakeClioState) -> FastAPI:
             data = _View(caller.firm, caller.version).render("user", user, fields)
         return _json_response(200, {"data": data})
 
+    async def update_webhook(caller: _Caller, request: Request) -> Response:
+        fields = parse_fields(request.query_params.get("fields"), "webhook")
+        webhook_id = _id_param(request.path_params["webhook_id"], "id")
+        record = _update_webhook(state, caller, webhook_id, await _read_data(request))
+        with state._lock:
+            return _json_response(200, {"data": _View(caller.firm, caller.version).render("webhook", record, fields)})
+
+    async def activate_webhook(caller: _Caller, request: Request) -> Response:
+        with state._lock:
+            record = _owned_webhook(caller, _id_param(request.path_params["webhook_id"], "id"))
+            given = request.headers.get("x-hook-secret") or ""
+            if not hmac.compare_digest(given, record["shared_secret"]):
+                raise _unprocessable("X-Hook-Secret does not match this webhook")
+            record["status"] = "enabled"
+            state._touch(record)
+            # UNCONFIRMED: the activate answer's body is not documented; the fake returns the webhook's id and etag.
+            return _json_response(200, {"data": {"id": record["id"], "etag": record["etag"]}})
+
+    async def delete_webhook(caller: _Caller, request: Request) -> Response:
+        with state._lock:
+            record = _owned_webhook(caller, _id_param(request.path_params["webhook_id"], "id"))
+            del caller.firm.webhooks[record["id"]]
+        return Response(status_code=204)
+
     routes: list[tuple[str, str, Callable[..., Any]]] = [
         ("GET", "/api/v4/users/who_am_i.json", who_am_i),
         ("GET", "/api/v4/users.json", lister("users")),
@@ -1147,6 +1762,14 @@ def create_app(state: FakeClioState) -> FastAPI:
         ("POST", "/api/v4/activities.json", creator("activities", "activity", _create_activity)),
         ("GET", "/api/v4/communications.json", lister("communications")),
         ("POST", "/api/v4/communications.json", creator("communications", "communication", _create_communication)),
+        ("GET", "/api/v4/activity_descriptions.json", lister("activity_descriptions")),
+        ("GET", "/api/v4/utbms/codes.json", lister("utbms_codes")),
+        ("GET", "/api/v4/webhooks.json", lister("webhooks")),
+        ("POST", "/api/v4/webhooks.json", creator("webhooks", "webhook", _create_webhook)),
+        ("PATCH", "/api/v4/webhooks/{webhook_id}.json", update_webhook),
+        ("DELETE", "/api/v4/webhooks/{webhook_id}.json", delete_webhook),
+        ("PUT", "/api/v4/webhooks/{webhook_id}/activate", activate_webhook),
+        ("PUT", "/api/v4/webhooks/{webhook_id}/activate.json", activate_webhook),
     ]
     for method, path, handler in routes:
         app.add_api_route(path, _bind(serve, f"{method} {path}", handler), methods=[method])
@@ -1158,8 +1781,60 @@ def create_app(state: FakeClioState) -> FastAPI:
         "/api/v4/{rest:path}", _bind(serve, "unknown", not_found),
         methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
     )
+    _add_oauth_routes(app, state)
     _add_admin_routes(app, state)
     return app
+
+
+async def _slow_down(state: FakeClioState) -> None:
+    with state._lock:
+        delay = float(state.faults.slow_seconds)
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def _add_oauth_routes(app: FastAPI, state: FakeClioState) -> None:
+    async def token(request: Request) -> Response:
+        state._count_oauth("POST /oauth/token")
+        try:
+            form = await _read_form(request)
+            answer = state._exchange(form)
+        except _ApiError as error:
+            response = error.response()
+        else:
+            response = _json_response(200, answer, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+        state._count_status(response.status_code)
+        await _slow_down(state)
+        return response
+
+    async def deauthorize(request: Request) -> Response:
+        state._count_oauth("POST /oauth/deauthorize")
+        try:
+            with state._lock:
+                state._authenticate(request.headers.get("authorization"))
+            form = await _read_form(request)
+            with state._lock:
+                grant = state._token_grant.get(form.get("token", ""))
+                if grant is not None:
+                    state.revoke_grant(grant)
+                else:
+                    state.revoke_token(form.get("token", ""))
+        except _ApiError as error:
+            return error.response()
+        return _json_response(200, {})
+
+    app.add_api_route("/oauth/token", token, methods=["POST"])
+    app.add_api_route("/oauth/deauthorize", deauthorize, methods=["POST"])
+
+
+async def _read_form(request: Request) -> dict[str, str]:
+    """The form body (`application/x-www-form-urlencoded`, as Clio's token endpoint takes, §1.2)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        raise _oauth_error(400, "invalid_request", "the body must be application/x-www-form-urlencoded")
+    try:
+        return dict(parse_qsl((await request.body()).decode(), strict_parsing=False))
+    except (UnicodeDecodeError, ValueError):
+        raise _oauth_error(400, "invalid_request", "unreadable form body") from None
 
 
 def _bind(serve: Callable[..., Any], route: str, handler: Callable[..., Any]) -> Callable[..., Any]:

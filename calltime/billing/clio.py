@@ -1,4 +1,9 @@
-"""Clio Manage API v4 adapter for the billing-system port: directory reads and once-only time-entry writes."""
+"""Clio Manage API v4 adapter for the billing-system port: directory reads and once-only time-entry writes.
+
+Regions: Clio keeps each account in one of four data regions, each its own host (`clio_base_url`). A token
+is only valid on the host of the region that issued it (billing-apis.md §1.1); another region answers 401,
+so store the region with the firm's credentials and build both the API and the token URL from it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -16,6 +22,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
+from calltime.billing import clio_webhooks
+from calltime.billing.auth import AccessTokens, StaticToken
+from calltime.billing.clio_webhooks import ClioWebhook
 from calltime.billing.errors import (
     AmbiguousWriteError,
     ApiVersionMismatch,
@@ -44,6 +53,8 @@ CALL_PROPERTY = "calltime_call_id"
 _CONTACT_FIELDS = "id,etag,name,is_client,updated_at,phone_numbers{id,name,number,primary}"
 _MATTER_FIELDS = "id,etag,display_number,description,status,updated_at,client{id,name}"
 _USER_FIELDS = "id,etag,name,rate,time_zone,phone_number,enabled,subscription_type"
+_RATE_FIELDS = "id,name,type,default,category_type,utbms_activity_id,utbms_task_id,rate"
+_WEBHOOK_FIELDS = "id,etag,url,model,events,fields,status,expires_at,shared_secret"
 _PAGE_LIMIT = 200
 _USER_PAGE_LIMIT = 2000
 # Exceptions raised before any byte of the request left this process: always safe to retry.
@@ -79,6 +90,32 @@ _RAILS_ZONES = {
     "Hobart": "Australia/Hobart",
     "UTC": "UTC",
 }
+
+
+# The API and OAuth endpoints of each data region share one host (billing-apis.md §1.1).
+CLIO_REGION_HOSTS = {
+    "US": "https://app.clio.com",
+    "EU": "https://eu.app.clio.com",
+    "CA": "https://ca.app.clio.com",
+    "AU": "https://au.app.clio.com",
+}
+
+
+def clio_base_url(region: str) -> str:
+    """The `base_url` for `ClioClient` in a data region (US, EU, CA or AU); API paths sit under /api/v4."""
+    try:
+        return CLIO_REGION_HOSTS[region.strip().upper()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown Clio region {region!r}; expected one of {sorted(CLIO_REGION_HOSTS)}") from None
+
+
+def clio_token_url(region: str) -> str:
+    """The OAuth token endpoint of a region (for `OAuthSession`): the same host as the API."""
+    return clio_base_url(region) + "/oauth/token"
+
+
+def clio_authorize_url(region: str) -> str:
+    return clio_base_url(region) + "/oauth/authorize"
 
 
 def time_zone_from_clio(raw: str | None) -> str | None:
@@ -147,14 +184,31 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 # Client
 
 
+@dataclass(frozen=True)
+class EntryTerms:
+    """What a TimeEntry is billed at: the price per hour and the activity description reference, if any."""
+
+    price: Decimal
+    activity_description: dict[str, int] | None = None
+    rate_source: str = "request"  # 'request' (the draft's rate) or Clio's rate hierarchy name
+
+
 class ClioClient:
-    """Implements `BillingSystem` against one Clio account through one access token."""
+    """Implements `BillingSystem` against one Clio account through one access token.
+
+    `token` is a plain access token (kept as a `StaticToken`) or any `AccessTokens`, which is asked once
+    for a fresh token after a 401. `activity_description` (a name such as "Telephone call") or
+    `utbms_codes` (activity code, task code, e.g. ("A106", "L120")) make every TimeEntry carry that
+    category and the hourly price Clio's rate hierarchy gives it, the draft's rate when Clio has none.
+    """
 
     def __init__(
         self,
         base_url: str,
-        access_token: str,
+        token: str | AccessTokens,
         *,
+        activity_description: str | None = None,
+        utbms_codes: tuple[str, str] | None = None,
         api_version: str = DEFAULT_API_VERSION,
         http: httpx.AsyncClient | None = None,
         timeout: float = 10.0,
@@ -167,12 +221,14 @@ class ClioClient:
         backoff_cap: float = 8.0,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        if not access_token:
-            raise ValueError("access_token is empty")
         if _version_tuple(api_version) < FIRST_SECONDS_VERSION:
             raise ValueError(f"API version {api_version} reports activity quantity in hours; use 4.0.4 or later")
+        self._tokens = _token_source(token)
+        self._description_name = _check_description_name(activity_description, utbms_codes)
+        self._utbms_codes = _check_utbms_codes(utbms_codes)
+        self._description_ids: dict[str, int] = {}
+        self._utbms_ids: dict[tuple[str, str], tuple[int, int]] = {}
         self._base = httpx.URL(base_url.rstrip("/"))
-        self._token = access_token
         self.api_version = api_version
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient()
@@ -264,15 +320,18 @@ class ClioClient:
         )
         return str(body["data"]["id"])
 
-    async def ensure_time_entry(self, req: TimeEntryRequest, communication_id: str, *, look_up_first: bool) -> str:
+    async def ensure_time_entry(
+        self, req: TimeEntryRequest, communication_id: str, *, look_up_first: bool, terms: EntryTerms | None = None,
+    ) -> str:
         """Create the TimeEntry linked to the communication (or, with look_up_first, reuse a linked one)."""
         if look_up_first:
             existing = await self.find_time_entry(communication_id)
             if existing is not None:
                 return existing
+        terms = terms or await self.entry_terms(req)
         body = await self._request(
             "POST", "/api/v4/activities.json", params={"fields": "id,etag"},
-            body=_time_entry_body(req, communication_id),
+            body=_time_entry_body(req, communication_id, terms),
         )
         return str(body["data"]["id"])
 
@@ -283,9 +342,128 @@ class ClioClient:
             found = await self.find_entry(req.draft_id)
             if found is not None:
                 return found
+        # Priced before anything is written, so a misconfigured category fails without leaving a stray phone log.
+        terms = await self.entry_terms(req)
         communication_id = await self.ensure_communication(req, look_up_first=resume)
-        entry_id = await self.ensure_time_entry(req, communication_id, look_up_first=resume)
+        entry_id = await self.ensure_time_entry(req, communication_id, look_up_first=resume, terms=terms)
         return WrittenEntry(entry_id=entry_id, communication_id=communication_id)
+
+    # -- rates and activity descriptions ------------------------------------------------------------------------
+
+    async def entry_terms(self, req: TimeEntryRequest) -> EntryTerms:
+        """The price and category for this entry: the draft's rate unless the firm configured a category."""
+        if self._description_name is None and self._utbms_codes is None:
+            return EntryTerms(price=req.rate)
+        rows = await self._rate_rows(req.matter_id, req.user_id)
+        if self._description_name is not None:
+            row = self._description_row(rows, self._description_name)
+            reference = {"id": int(row["id"])}
+        else:
+            activity_id, task_id = await self._utbms_ids_for(self._utbms_codes)
+            row = _utbms_row(rows, activity_id, task_id)
+            reference = {"utbms_activity_id": activity_id, "utbms_task_id": task_id}
+        if row is not None and _rate_type(row) == "FlatRate":
+            raise PermanentBillingError(
+                f"activity description {row.get('name')!r} is flat-rate; a call is billed by the hour"
+            )
+        amount = _hourly_amount(row) if row is not None else None
+        if amount is None:
+            return EntryTerms(price=req.rate, activity_description=reference)
+        return EntryTerms(price=amount, activity_description=reference, rate_source=_rate_hierarchy(row))
+
+    async def effective_rate(
+        self, matter_id: str, user_id: str, activity_description_id: str | int | None = None,
+    ) -> Decimal | None:
+        """The hourly rate Clio's hierarchy gives this user on this matter for an activity description (without
+        one: for the description marked `default`); None when Clio has no hourly rate for it."""
+        rows = await self._rate_rows(matter_id, user_id)
+        if activity_description_id is None:
+            row = next((r for r in rows if r.get("default") is True), None)
+        else:
+            wanted = _clio_id(str(activity_description_id), "activity description")
+            row = next((r for r in rows if r.get("id") == wanted), None)
+        return _hourly_amount(row) if row is not None else None
+
+    async def _rate_rows(self, matter_id: str, user_id: str) -> list[dict[str, Any]]:
+        params = {
+            "rate_for[matter_id]": str(_clio_id(matter_id, "matter")),
+            "rate_for[user_id]": str(_clio_id(user_id, "user")),
+            "fields": _RATE_FIELDS, "order": "id(asc)", "limit": str(_PAGE_LIMIT),
+        }
+        return [item async for item in self._paginate("/api/v4/activity_descriptions.json", params)]
+
+    def _description_row(self, rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+        cached = self._description_ids.get(name)
+        if cached is not None:
+            row = next((r for r in rows if r.get("id") == cached), None)
+            if row is not None:
+                return row
+        matches = [r for r in rows if str(r.get("name") or "").strip().casefold() == name.strip().casefold()]
+        if len(matches) != 1:
+            found = "no" if not matches else f"{len(matches)}"
+            raise PermanentBillingError(f"Clio has {found} activity description named {name!r}")
+        self._description_ids[name] = int(matches[0]["id"])
+        return matches[0]
+
+    async def _utbms_ids_for(self, codes: tuple[str, str]) -> tuple[int, int]:
+        if codes not in self._utbms_ids:
+            activity_code, task_code = codes
+            self._utbms_ids[codes] = (
+                await self._utbms_code_id("UtbmsActivity", activity_code),
+                await self._utbms_code_id("UtbmsTask", task_code),
+            )
+        return self._utbms_ids[codes]
+
+    async def _utbms_code_id(self, kind: str, code: str) -> int:
+        params = {"type": kind, "fields": "id,code", "order": "id(asc)", "limit": str(_PAGE_LIMIT)}
+        async for item in self._paginate("/api/v4/utbms/codes.json", params):
+            if str(item.get("code") or "").upper() == code.upper():
+                return int(item["id"])
+        raise PermanentBillingError(f"Clio has no {kind} code {code!r} (is UTBMS enabled for the firm?)")
+
+    # -- webhooks -------------------------------------------------------------------------------------------------
+
+    async def create_webhook(
+        self, url: str, model: str, events: tuple[str, ...] | list[str], fields: str,
+        expires_at: datetime | None = None,
+    ) -> ClioWebhook:
+        """Subscribe `url` (https) to changes of `model`. Clio then POSTs a handshake carrying X-Hook-Secret;
+        the webhook stays `pending` until that is echoed (or `activate_webhook` is called). Not retried: after
+        an AmbiguousWriteError, `list_webhooks` shows whether it was created."""
+        clio_webhooks.check_subscription(model, events, fields)
+        if httpx.URL(url).scheme != "https":
+            raise ValueError("Clio delivers webhooks to https URLs only")
+        data: dict[str, Any] = {"url": url, "model": model, "events": list(events), "fields": fields}
+        if expires_at is not None:
+            data["expires_at"] = self._expiry(expires_at)
+        body = await self._request(
+            "POST", "/api/v4/webhooks.json", params={"fields": _WEBHOOK_FIELDS}, body={"data": data}
+        )
+        return clio_webhooks.webhook_from(body["data"])
+
+    async def list_webhooks(self) -> list[ClioWebhook]:
+        params = {"fields": _WEBHOOK_FIELDS, "order": "id(asc)", "limit": str(_PAGE_LIMIT)}
+        return [clio_webhooks.webhook_from(item) async for item in self._paginate("/api/v4/webhooks.json", params)]
+
+    async def renew_webhook(self, webhook_id: int | str, expires_at: datetime) -> ClioWebhook:
+        """Move a subscription's expiry (at most 31 days ahead); safe to repeat."""
+        webhook = _clio_id(str(webhook_id), "webhook")
+        body = await self._request(
+            "PATCH", f"/api/v4/webhooks/{webhook}.json", params={"fields": _WEBHOOK_FIELDS},
+            body={"data": {"expires_at": self._expiry(expires_at)}},
+        )
+        return clio_webhooks.webhook_from(body["data"])
+
+    async def activate_webhook(self, webhook_id: int | str, secret: str) -> None:
+        """Complete the handshake later, when the endpoint did not echo X-Hook-Secret in time."""
+        webhook = _clio_id(str(webhook_id), "webhook")
+        await self._request(
+            "PUT", f"/api/v4/webhooks/{webhook}/activate", extra_headers={clio_webhooks.SECRET_HEADER: secret},
+        )
+
+    def _expiry(self, expires_at: datetime) -> str:
+        now = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
+        return clio_webhooks.check_expiry(expires_at, now).isoformat()
 
     async def _communication_ids(self, draft_id: str) -> list[str]:
         params = {
@@ -317,19 +495,21 @@ class ClioClient:
 
     async def _request(
         self, method: str, path_or_url: str | httpx.URL, *, params: Mapping[str, str] | None = None,
-        body: Any = None,
+        body: Any = None, extra_headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         url = self._base.join(path_or_url) if isinstance(path_or_url, str) else path_or_url
         what = f"{method} {url.path}"
         is_write = method != "GET"
         content = _encode(body).encode() if body is not None else None
         rate_limited = retried = 0
+        refreshed = False
         while True:
+            token = await self._tokens.bearer()
+            headers = self._headers(token, content is not None) | dict(extra_headers or {})
             await self._gate.before_request()
             try:
                 response = await self._http.request(
-                    method, url, params=params, content=content, headers=self._headers(content is not None),
-                    timeout=self._timeout,
+                    method, url, params=params, content=content, headers=headers, timeout=self._timeout,
                 )
             except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
                 # Our own request was unsendable (bad URL or header). Not chained: h11's message can quote the
@@ -365,13 +545,29 @@ class ClioClient:
                     await self._backoff(retried, what, f"HTTP {status}")
                     continue
                 raise TransientBillingError(f"{what}: HTTP {status} after {retried} retries", status=status)
+            if status == 401 and not refreshed:
+                # A 401 is answered before anything is processed, so even a write is safe to send again.
+                refreshed = True
+                await self._after_rejection(token, response, what)
+                continue
             if status >= 400:
                 raise _client_error(response, what, self.api_version)
             return self._success_body(response, what, is_write)
 
-    def _headers(self, has_body: bool) -> dict[str, str]:
+    async def _after_rejection(self, token: str, response: httpx.Response, what: str) -> None:
+        try:
+            await self._tokens.after_rejection(token)
+        except AuthenticationError as exc:
+            # Report Clio's own 401 (its error type tells expired from missing), noting that no refresh was possible.
+            error = _client_error(response, what, self.api_version)
+            raise AuthenticationError(
+                f"{error}; no fresh token: {exc}", status=401, error_type=error.error_type
+            ) from None
+        log.info("%s: access token rejected; retrying once with a fresh one", what)
+
+    def _headers(self, token: str, has_body: bool) -> dict[str, str]:
         headers = {
-            "Authorization": f"Bearer {self._token}",
+            "Authorization": f"Bearer {token}",
             "X-API-VERSION": self.api_version,
             "Accept": "application/json",
         }
@@ -519,14 +715,78 @@ def _communication_body(req: TimeEntryRequest) -> dict[str, Any]:
     return {"data": data}
 
 
-def _time_entry_body(req: TimeEntryRequest, communication_id: str) -> dict[str, Any]:
-    return {"data": {
+def _time_entry_body(req: TimeEntryRequest, communication_id: str, terms: EntryTerms) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "type": "TimeEntry",
         "date": req.entry_date.isoformat(),
         "quantity": req.billed_seconds,  # seconds: the client only speaks versions >= 4.0.4
-        "price": req.rate,
+        # Always sent: whether Clio fills an omitted price on create is UNCONFIRMED (billing-apis.md §1.7).
+        "price": terms.price,
         "note": req.narrative,
         "matter": {"id": _clio_id(req.matter_id, "matter")},
         "user": {"id": _clio_id(req.user_id, "user")},
         "communication": {"id": _clio_id(communication_id, "communication")},
-    }}
+    }
+    if terms.activity_description is not None:
+        data["activity_description"] = terms.activity_description
+    return {"data": data}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Construction checks and rate rows
+
+
+def _token_source(token: str | AccessTokens) -> AccessTokens:
+    if isinstance(token, str):
+        if not token:
+            raise ValueError("access token is empty")
+        return StaticToken(token)
+    if not (callable(getattr(token, "bearer", None)) and callable(getattr(token, "after_rejection", None))):
+        raise TypeError("token must be a str or an AccessTokens (bearer() and after_rejection())")
+    return token
+
+
+def _check_description_name(name: str | None, utbms_codes: tuple[str, str] | None) -> str | None:
+    if name is not None and utbms_codes is not None:
+        # Clio takes activity_description as {id} or as {utbms_activity_id, utbms_task_id}, not both.
+        raise ValueError("configure activity_description or utbms_codes, not both")
+    if name is not None and not name.strip():
+        raise ValueError("activity_description is blank")
+    return name
+
+
+def _check_utbms_codes(codes: tuple[str, str] | None) -> tuple[str, str] | None:
+    if codes is None:
+        return None
+    if len(codes) != 2 or not all(isinstance(c, str) and c.strip() for c in codes):
+        raise ValueError("utbms_codes is (activity code, task code), e.g. ('A106', 'L120')")
+    activity, task = (c.strip().upper() for c in codes)
+    # ABA activity codes are A###; a swapped pair would bill the call under the wrong phase of the matter.
+    if not activity.startswith("A") or task.startswith("A"):
+        raise ValueError(f"utbms_codes must be (activity code, task code); got {codes!r}")
+    return activity, task
+
+
+def _utbms_row(rows: list[dict[str, Any]], activity_id: int, task_id: int) -> dict[str, Any] | None:
+    return next(
+        (r for r in rows if r.get("utbms_activity_id") == activity_id and r.get("utbms_task_id") == task_id), None
+    )
+
+
+def _rate_type(row: Mapping[str, Any]) -> str | None:
+    rate = row.get("rate")
+    return rate.get("type") if isinstance(rate, Mapping) else None
+
+
+def _rate_hierarchy(row: Mapping[str, Any]) -> str:
+    rate = row.get("rate")
+    return str(rate.get("hierarchy") or "Clio") if isinstance(rate, Mapping) else "Clio"
+
+
+def _hourly_amount(row: Mapping[str, Any]) -> Decimal | None:
+    """An hourly rate from a rate_for row; None for a flat rate or a missing amount."""
+    rate = row.get("rate")
+    if not isinstance(rate, Mapping) or rate.get("type") == "FlatRate" or rate.get("amount") is None:
+        return None
+    amount = _to_decimal(rate["amount"])
+    return amount if amount.is_finite() and amount >= 0 else None

@@ -1,6 +1,7 @@
-"""Fetches the records that id-only notifications point at (Graph callRecords), then settles the
-call through the same intake as a webhook. A failed fetch is retried with backoff and never
-dropped: the row stays in `ingest.record_fetches` until the record is read."""
+"""Deferred intake work: fetching the records that id-only notifications point at (Graph
+callRecords) and announcing calls whose quiet period is over (RingCentral), both through the
+same intake as a webhook. A failed fetch is retried with backoff and never dropped: the row
+stays in `ingest.record_fetches` until the record is read."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 class RecordFetcher:
-    def __init__(self, pool: asyncpg.Pool, credentials: CredentialStore, *, poll_seconds: float = 1.0,
+    def __init__(self, pool: asyncpg.Pool, credentials: CredentialStore, *, poll_seconds: float = 0.25,
                  http=None) -> None:
         self.pool = pool
         self.credentials = credentials
@@ -49,7 +50,7 @@ class RecordFetcher:
     async def _run(self) -> None:
         while True:
             try:
-                while await self.fetch_due() > 0:
+                while await self.settle_due() + await self.fetch_due() > 0:
                     pass
             except Exception:
                 log.exception("record fetch round failed")
@@ -62,6 +63,21 @@ class RecordFetcher:
             for item in due:
                 with bound(firm_id=item.firm_id, call_id=domain.call_id_for(item.provider, item.record_id)):
                     await self._fetch_one(conn, item)
+        return len(due)
+
+    async def settle_due(self, limit: int = 50) -> int:
+        """Announce the calls whose quiet period is over; returns how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = await store.claim_due_settles(conn, limit)
+            for firm_id, provider, provider_call_id in due:
+                with bound(firm_id=firm_id, call_id=domain.call_id_for(provider, provider_call_id)):
+                    record = await store.load_account(self.credentials, firm_id, provider)
+                    if record is None:
+                        continue
+                    await store.lock_call(conn, firm_id, provider, provider_call_id)
+                    status = await intake.settle_call(conn, registry.adapter(provider), record.account,
+                                                      provider_call_id, quiet_period_over=True)
+                    log.info("call settled", extra={"status": status})
         return len(due)
 
     async def _fetch_one(self, conn: asyncpg.Connection, item: store.DueFetch) -> None:

@@ -36,13 +36,19 @@ async def _accept(conn: asyncpg.Connection, adapter: PhoneProvider, account: Acc
 
 
 async def settle_call(conn: asyncpg.Connection, adapter: PhoneProvider, account: Account,
-                      provider_call_id: str) -> str:
+                      provider_call_id: str, *, quiet_period_over: bool = False) -> str:
     """Re-read every stored notice of the call and announce it if it is finished and new or
-    changed. The caller holds the call's lock."""
+    changed. A provider that delivers out of order gets a quiet period before a call's first
+    announcement (see `settle_after_seconds`). The caller holds the call's lock."""
     bodies = await store.call_bodies(conn, account.firm_id, account.provider, provider_call_id)
     finished = adapter.finished_call(bodies, account)
     if finished is None:
         return "recorded"
+    quiet = getattr(adapter, "settle_after_seconds", 0.0)
+    call_id = domain.call_id_for(account.provider, provider_call_id)
+    if quiet and not quiet_period_over and not await store.announced(conn, account.firm_id, call_id):
+        await store.schedule_settle(conn, account.firm_id, account.provider, provider_call_id, quiet)
+        return "settling"
     revision = await store.announce_call(conn, event_for(finished, account), domain.fingerprint(finished))
     if revision is None:
         return "recorded"

@@ -146,3 +146,26 @@ async def fetch_failed(conn: asyncpg.Connection, due: DueFetch, error: str, retr
         "UPDATE ingest.record_fetches SET attempts = attempts + 1, last_error = $4, due_at = $5"
         " WHERE firm_id = $1 AND provider = $2 AND record_id = $3",
         due.firm_id, due.provider, due.record_id, error[:500], retry_at)
+
+
+async def announced(conn: asyncpg.Connection, firm_id: str, call_id: str) -> bool:
+    return await conn.fetchval("SELECT true FROM ingest.calls WHERE firm_id = $1 AND call_id = $2",
+                               firm_id, call_id) is not None
+
+
+async def schedule_settle(conn: asyncpg.Connection, firm_id: str, provider: str, provider_call_id: str,
+                          after_seconds: float) -> None:
+    """(Re)start the call's quiet period: each straggler pushes the announcement back a little."""
+    await conn.execute(
+        "INSERT INTO ingest.settles (firm_id, provider, provider_call_id, due_at)"
+        " VALUES ($1, $2, $3, now() + make_interval(secs => $4))"
+        " ON CONFLICT (firm_id, provider, provider_call_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+        firm_id, provider, provider_call_id, after_seconds)
+
+
+async def claim_due_settles(conn: asyncpg.Connection, limit: int) -> list[tuple[str, str, str]]:
+    rows = await conn.fetch(
+        "DELETE FROM ingest.settles WHERE (firm_id, provider, provider_call_id) IN ("
+        " SELECT firm_id, provider, provider_call_id FROM ingest.settles WHERE due_at <= now()"
+        " ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING firm_id, provider, provider_call_id", limit)
+    return [(r["firm_id"], r["provider"], r["provider_call_id"]) for r in rows]

@@ -8,11 +8,12 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
 
-from calltime.billing.clio import ClioClient
+from calltime.billing.clio import ClioClient, clio_base_url, clio_token_url
 from calltime.billing.errors import (
     AmbiguousWriteError,
     ApiVersionMismatch,
@@ -92,7 +93,7 @@ def env() -> Env:
 async def make_client(env: Env):
     made: list[ClioClient] = []
 
-    def make(token: str = ACME_TOKEN, **kwargs) -> ClioClient:
+    def make(token=ACME_TOKEN, **kwargs) -> ClioClient:
         kwargs.setdefault("clock", env.clock.time)
         kwargs.setdefault("sleep", env.clock.sleep)
         client = ClioClient(env.server.base_url, token, **kwargs)
@@ -593,3 +594,363 @@ def test_fake_seed_file_loads_firms_tokens_and_numbers(tmp_path) -> None:
             {"name": "Mobile", "number": "617.555.0199", "primary": False},
         ],
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 4: OAuth tokens, regions, effective rates, fake faults
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "clio"
+
+
+def fixture(name: str):
+    return json.loads((FIXTURES / name).read_text(), parse_float=Decimal)
+
+
+class CountingTokens:
+    """An AccessTokens that refreshes against the fake's /oauth/token and counts how often it had to."""
+
+    def __init__(self, base_url: str, grant: dict, client_id: str = "calltime", client_secret: str = "s3cret") -> None:
+        self.base_url = base_url
+        self.access = grant["access_token"]
+        self.refresh = grant["refresh_token"]
+        self.client = (client_id, client_secret)
+        self.refreshes = 0
+        self.rejected: list[str] = []
+
+    async def bearer(self) -> str:
+        return self.access
+
+    async def after_rejection(self, rejected: str) -> str:
+        self.rejected.append(rejected)
+        self.refreshes += 1
+        form = {"grant_type": "refresh_token", "refresh_token": self.refresh,
+                "client_id": self.client[0], "client_secret": self.client[1]}
+        async with httpx.AsyncClient(base_url=self.base_url) as http:
+            response = await http.post("/oauth/token", data=form)
+        if response.status_code != 200:
+            raise AuthenticationError(f"refresh refused ({response.status_code})", status=response.status_code)
+        self.access = response.json()["access_token"]
+        return self.access
+
+
+@pytest.fixture
+def oauth_grant(env: Env) -> dict:
+    env.state.add_oauth_app("calltime", "s3cret", redirect_uri="https://calltime.example/oauth/clio")
+    env.state.access_token_lifetime_seconds = 3600
+    return env.state.issue_tokens("acme", env.acme_user, "calltime")
+
+
+def test_oauth_code_and_refresh_grants_answer_like_the_reference(env: Env) -> None:
+    env.state.add_oauth_app("calltime", "s3cret", redirect_uri="https://calltime.example/oauth/clio")
+    code = env.state.authorize("acme", env.acme_user, "calltime", redirect_uri="https://calltime.example/oauth/clio")
+    form = {"client_id": "calltime", "client_secret": "s3cret", "grant_type": "authorization_code", "code": code,
+            "redirect_uri": "https://calltime.example/oauth/clio"}
+    with httpx.Client(base_url=env.server.base_url) as http:
+        issued = http.post("/oauth/token", data=form)
+        reused_code = http.post("/oauth/token", data=form)
+        refresh_form = {"client_id": "calltime", "client_secret": "s3cret", "grant_type": "refresh_token",
+                        "refresh_token": issued.json()["refresh_token"]}
+        refreshed = [http.post("/oauth/token", data=refresh_form) for _ in range(2)]
+        wrong_secret = http.post("/oauth/token", data=refresh_form | {"client_secret": "guess"})
+        as_json = http.post("/oauth/token", json=refresh_form)
+        me = http.get("/api/v4/users/who_am_i.json", params={"fields": "id"},
+                      headers={"Authorization": f"Bearer {refreshed[1].json()['access_token']}"})
+
+    sample = fixture("clio_oauth_token_response.json")
+    assert issued.status_code == 200 and set(issued.json()) == set(sample)
+    assert issued.json()["token_type"] == "bearer" and issued.json()["expires_in"] == 2_592_000
+    assert issued.headers["Cache-Control"] == "no-store"
+    # Clio keeps the refresh token: a refresh answers without one, and the same one works again.
+    assert [r.status_code for r in refreshed] == [200, 200]
+    assert set(refreshed[0].json()) == set(sample) - {"refresh_token"}
+    assert me.json()["data"]["id"] == env.acme_user
+    assert (reused_code.status_code, reused_code.json()["error"]) == (400, "invalid_grant")
+    assert (wrong_secret.status_code, wrong_secret.json()["error"]) == (401, "invalid_client")
+    assert as_json.status_code == 400
+
+
+def test_fake_expired_and_missing_tokens_answer_the_two_reference_401_shapes(env: Env, oauth_grant: dict) -> None:
+    headers = {"Authorization": f"Bearer {oauth_grant['access_token']}"}
+    with httpx.Client(base_url=env.server.base_url) as http:
+        fresh = http.get("/api/v4/users.json", headers=headers)
+        env.clock.now += 3600
+        expired = http.get("/api/v4/users.json", headers=headers)
+        missing = http.get("/api/v4/users.json")
+
+    assert fresh.status_code == 200
+    assert (expired.status_code, expired.json()) == (401, fixture("clio_error_401_invalid_token.json"))
+    assert (missing.status_code, missing.json()) == (401, fixture("clio_error_401_unauthorized.json"))
+
+
+async def test_expired_token_is_refreshed_once_and_the_read_succeeds(env: Env, oauth_grant: dict, make_client) -> None:
+    tokens = CountingTokens(env.server.base_url, oauth_grant)
+    client = make_client(tokens)
+    await client.list_users()
+    env.clock.now += 3600  # the access token's expires_in runs out
+
+    users = await client.list_users()
+
+    assert [u.name for u in users] == ["Alex Attorney"]
+    assert tokens.refreshes == 1 and tokens.rejected == [oauth_grant["access_token"]]
+    assert env.state.stats()["by_status"]["401"] == 1
+
+
+async def test_a_401_on_a_write_is_retried_after_refresh_and_writes_once(
+    env: Env, oauth_grant: dict, make_client
+) -> None:
+    tokens = CountingTokens(env.server.base_url, oauth_grant)
+    env.state.expire_token(oauth_grant["access_token"])
+
+    written = await make_client(tokens).write_entry(entry_request(env))
+
+    assert tokens.refreshes == 1
+    assert [str(a["id"]) for a in env.state.activities("acme")] == [written.entry_id]
+    assert len(env.state.communications("acme")) == 1
+
+
+async def test_revoked_grant_is_an_authentication_error_after_one_refresh_attempt(
+    env: Env, oauth_grant: dict, make_client
+) -> None:
+    tokens = CountingTokens(env.server.base_url, oauth_grant)
+    env.state.revoke_grant(oauth_grant["refresh_token"])
+
+    with pytest.raises(AuthenticationError) as raised:
+        await make_client(tokens).list_users()
+
+    assert tokens.refreshes == 1
+    assert raised.value.error_type == "invalid_token" and raised.value.status == 401
+    assert oauth_grant["access_token"] not in str(raised.value)
+
+
+async def test_a_token_rejected_again_after_refresh_is_not_refreshed_twice(env: Env, make_client) -> None:
+    class StillWrong:
+        calls = 0
+
+        async def bearer(self) -> str:
+            return "stale-token"
+
+        async def after_rejection(self, rejected: str) -> str:
+            StillWrong.calls += 1
+            return "also-stale-token"
+
+    with pytest.raises(AuthenticationError):
+        await make_client(StillWrong()).write_entry(entry_request(env))
+
+    assert StillWrong.calls == 1
+    assert env.state.stats()["unauthorized"] == 2
+    assert env.state.communications("acme") == []
+
+
+def test_client_refuses_a_token_that_is_neither_str_nor_access_tokens(env: Env) -> None:
+    with pytest.raises(TypeError):
+        ClioClient(env.server.base_url, 12345)
+
+
+@pytest.mark.parametrize("region, host", [
+    ("US", "https://app.clio.com"), ("eu", "https://eu.app.clio.com"),
+    ("CA", "https://ca.app.clio.com"), (" au ", "https://au.app.clio.com"),
+])
+def test_regional_hosts_for_api_and_token_endpoint(region: str, host: str) -> None:
+    assert clio_base_url(region) == host
+    assert clio_token_url(region) == host + "/oauth/token"
+
+
+def test_unknown_region_is_refused() -> None:
+    with pytest.raises(ValueError, match="region"):
+        clio_base_url("UK")
+
+
+# -- effective rates and activity descriptions ------------------------------------------------------------------
+
+
+async def test_effective_rate_follows_clios_rate_hierarchy(env: Env, make_client) -> None:
+    s = env.state
+    plain = s.add_activity_description("acme", "Telephone call", default=True)
+    custom = s.add_activity_description("acme", "Research", rate="300.00")
+    flat = s.add_activity_description("acme", "Will drafting", rate="1500.00", flat_rate=True)
+    client = make_client()
+    matter, user = str(env.acme_matter), str(env.acme_user)
+
+    before = [await client.effective_rate(matter, user, d) for d in (plain, custom, flat)]
+    s.set_client_rate("acme", env.acme_client, "320.00", user_id=env.acme_user)
+    with_client = await client.effective_rate(matter, user, custom)
+    s.set_matter_rate("acme", env.acme_matter, "375.50", user_id=env.acme_user)
+    with_matter = await client.effective_rate(matter, user, custom)
+
+    assert before == [Decimal("350.00"), Decimal("300.00"), None]  # user default, activity rate, flat is not hourly
+    assert with_client == Decimal("320.00")
+    assert with_matter == Decimal("375.50")
+    assert await client.effective_rate(matter, user) == Decimal("375.50")  # the `default` description
+    assert await client.effective_rate(matter, user, 999999) is None
+
+
+def test_fake_rate_for_rows_have_the_reference_shape(env: Env) -> None:
+    env.state.add_activity_description("acme", "Telephone call", default=True)
+    env.state.set_matter_rate("acme", env.acme_matter, "375.00")
+    sample = fixture("clio_activity_descriptions_rate_for_response.json")
+    fields = "id,etag,name,type,default,category_type,rate"
+    with env.raw() as raw:
+        answer = raw.get("/api/v4/activity_descriptions.json", params={
+            "rate_for[matter_id]": env.acme_matter, "rate_for[user_id]": env.acme_user, "fields": fields,
+        })
+        unknown_matter = raw.get("/api/v4/activity_descriptions.json", params={"rate_for[matter_id]": 1})
+    [row] = json.loads(answer.content, parse_float=Decimal)["data"]
+
+    assert set(row) == set(sample["data"][0])
+    assert row["rate"] == sample["data"][0]["rate"]  # amount 375.0, Custom, Matter
+    assert unknown_matter.status_code == 404
+
+
+async def test_configured_activity_description_prices_from_clio_and_links_the_category(env: Env, make_client) -> None:
+    description = env.state.add_activity_description("acme", "Telephone call")
+    env.state.set_matter_rate("acme", env.acme_matter, "375.00")
+    client = make_client(activity_description="telephone call")
+
+    await client.write_entry(entry_request(env))
+    await client.write_entry(entry_request(env, draft_id="draft-0002"))
+
+    activities = env.state.activities("acme")
+    assert [a["price"] for a in activities] == [Decimal("375.00"), Decimal("375.00")]
+    assert {a["activity_description_id"] for a in activities} == {description}
+    assert [a["quantity"] for a in activities] == [Decimal("720"), Decimal("720")]  # still seconds
+    assert env.state.stats()["by_route"]["GET /api/v4/activity_descriptions.json"] == 2  # one rate look-up a write
+
+
+async def test_configured_description_falls_back_to_the_draft_rate_when_clio_has_none(env: Env, make_client) -> None:
+    nobody = env.state.add_user("acme", name="Rate-less Clerk", rate=None)
+    env.state.add_activity_description("acme", "Telephone call")
+
+    await make_client(activity_description="Telephone call").write_entry(
+        entry_request(env, user_id=str(nobody), rate=Decimal("95.50"))
+    )
+
+    [activity] = env.state.activities("acme")
+    assert activity["price"] == Decimal("95.50")
+
+
+@pytest.mark.parametrize("setup, name", [
+    (lambda s: None, "Telephone call"),  # no such description
+    (lambda s: s.add_activity_description("acme", "Flat call", rate="50", flat_rate=True), "Flat call"),
+])
+async def test_unusable_activity_description_fails_before_anything_is_written(
+    env: Env, make_client, setup, name: str
+) -> None:
+    setup(env.state)
+
+    with pytest.raises(PermanentBillingError) as raised:
+        await make_client(activity_description=name).write_entry(entry_request(env))
+
+    assert not isinstance(raised.value, TransientBillingError)
+    assert env.state.communications("acme") == [] and env.state.activities("acme") == []
+
+
+async def test_utbms_codes_are_sent_as_code_ids_and_priced_from_clio(env: Env, make_client) -> None:
+    s = env.state
+    s.set_billing_settings("acme", use_utbms_codes=True)
+    a106 = s.add_utbms_code("acme", "UtbmsActivity", "A106", "Communicate (with client)")
+    l120 = s.add_utbms_code("acme", "UtbmsTask", "L120", "Analysis/Strategy")
+    coded = s.add_activity_description("acme", "A106 Communicate (with client)", rate="410.00",
+                                       utbms_activity_id=a106, utbms_task_id=l120)
+
+    await make_client(utbms_codes=("a106", "L120")).write_entry(entry_request(env))
+
+    [activity] = s.activities("acme")
+    assert activity["activity_description_id"] == coded
+    assert activity["price"] == Decimal("410.00")
+
+
+async def test_utbms_codes_on_an_account_without_utbms_are_refused(env: Env, make_client) -> None:
+    env.state.add_utbms_code("acme", "UtbmsActivity", "A106", "Communicate (with client)")
+    env.state.add_utbms_code("acme", "UtbmsTask", "L120", "Analysis/Strategy")
+
+    with pytest.raises(PermanentBillingError) as raised:
+        await make_client(utbms_codes=("A106", "L120")).write_entry(entry_request(env))
+
+    assert raised.value.status == 422 and env.state.activities("acme") == []
+
+
+def test_category_options_are_checked_at_construction(env: Env) -> None:
+    with pytest.raises(ValueError):
+        ClioClient(env.server.base_url, ACME_TOKEN, utbms_codes=("L120", "A106"))  # swapped
+    with pytest.raises(ValueError):
+        ClioClient(env.server.base_url, ACME_TOKEN, activity_description="Call", utbms_codes=("A106", "L120"))
+    with pytest.raises(ValueError):
+        ClioClient(env.server.base_url, ACME_TOKEN, activity_description="  ")
+
+
+# -- the shared fault switches ----------------------------------------------------------------------------------
+
+
+async def test_burst_429_waits_retry_after_and_succeeds(env: Env, make_client) -> None:
+    env.state.set_faults(burst_429=2)
+
+    users = await make_client().list_users()
+
+    assert [u.name for u in users] == ["Alex Attorney"]
+    assert env.clock.sleeps == [1.0, 1.0]
+    assert env.state.stats()["rate_limited"] == 2
+
+
+def test_fake_429_is_the_manage_api_error_shape_not_the_platform_one(env: Env) -> None:
+    env.state.set_faults(burst_429=1)
+    with env.raw() as raw:
+        limited = raw.get("/api/v4/users.json")
+
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
+    assert limited.json()["error"]["type"] == "RateLimited"
+    assert set(limited.json()) != set(fixture("clio_platform_api_429.json"))
+
+
+async def test_fail_fraction_5xx_on_reads_is_retried_and_is_reproducible_by_seed(env: Env, make_client) -> None:
+    def statuses(seed: int) -> list[int]:
+        env.state.set_faults(fail_fraction_5xx=0.5, seed=seed)
+        with env.raw() as raw:
+            return [raw.get("/api/v4/users.json").status_code for _ in range(20)]
+
+    first, again = statuses(7), statuses(7)
+    assert first == again and set(first) == {200, 503}
+
+    env.state.set_faults(fail_fraction_5xx=0.5, seed=7)
+    users = await make_client(max_read_retries=20).list_users()
+    assert [u.name for u in users] == ["Alex Attorney"]
+
+
+async def test_fail_fraction_5xx_on_a_write_is_ambiguous(env: Env, make_client) -> None:
+    env.state.set_faults(fail_fraction_5xx=1.0)
+
+    with pytest.raises(AmbiguousWriteError) as raised:
+        await make_client().write_entry(entry_request(env))
+
+    assert raised.value.status == 503
+
+
+async def test_slow_answers_time_out_as_transient_on_reads(env: Env, make_client) -> None:
+    env.state.set_faults(slow_seconds=0.5)
+
+    with pytest.raises(TransientBillingError) as raised:
+        await make_client(timeout=0.1, max_read_retries=0).list_users()
+
+    assert not isinstance(raised.value, AmbiguousWriteError)
+
+
+async def test_drop_after_commit_fraction_then_resume_writes_no_second_entry(env: Env, make_client) -> None:
+    env.state.set_faults(drop_after_commit_fraction=1.0)
+    client = make_client()
+
+    with pytest.raises(AmbiguousWriteError):
+        await client.write_entry(entry_request(env))
+    env.state.set_faults(drop_after_commit_fraction=0.0)
+    resumed = await client.write_entry(entry_request(env), resume=True)
+
+    [activity] = env.state.activities("acme")
+    assert resumed.entry_id == str(activity["id"])
+    assert len(env.state.communications("acme")) == 1
+
+
+def test_fault_values_are_validated(env: Env) -> None:
+    with pytest.raises(ValueError):
+        env.state.set_faults(fail_fraction_5xx=1.5)
+    with pytest.raises(ValueError):
+        env.state.set_faults(burst_429=-1)
+    with pytest.raises(ValueError):
+        env.state.set_faults(no_such_fault=1)

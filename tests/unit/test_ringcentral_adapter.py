@@ -16,10 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from calltime.ingest.providers import model
+from calltime.ingest.providers.model import Account, Notice, Refused, WebhookRequest
 from calltime.ingest.providers.ringcentral import (
+    ADAPTER,
+    MAX_VALIDATION_TOKEN_CHARS,
     FinishedCall,
     InvalidNotification,
     Party,
+    RingCentral,
     SessionNotification,
     assemble_call,
     is_validation_request,
@@ -646,3 +651,290 @@ def test_events_after_the_user_hung_up_do_not_change_the_call() -> None:
     assert call.ended_at == REFERENCE_CALL.ended_at
     assert call.duration_seconds == REFERENCE_CALL.duration_seconds
     assert call.last_sequence == 11
+
+
+def test_a_disconnect_whose_reason_is_a_rejection_is_rejected_not_missed() -> None:
+    rejected = copy.deepcopy(_load(SETUP))
+    rejected["uuid"] = "uuid-rejected"
+    rejected["body"]["sequence"] = 4
+    rejected["body"]["eventTime"] = _rc_time(T0 + timedelta(seconds=4))
+    rejected["body"]["parties"][0]["status"] = {"code": "Disconnected", "reason": "Rejected"}
+    notifications = [_inbound(3, "Setup", 0), parse_notification(_bytes(rejected))]
+
+    call = assemble_call(notifications, {SAMPLE_USER})
+
+    assert call is not None
+    assert (call.result, call.duration_seconds) == ("rejected", 0)
+    assert notifications[1].parties[0].status_reason == "Rejected"
+
+
+@pytest.mark.parametrize("reason", ["NoAnswer", "TargetBusy", None])
+def test_an_unanswered_disconnect_for_any_other_reason_is_missed(reason: str | None) -> None:
+    ended = copy.deepcopy(_load(SETUP))
+    ended["uuid"] = "uuid-ended"
+    ended["body"]["sequence"] = 4
+    ended["body"]["parties"][0]["status"] = {"code": "Disconnected", "reason": reason}
+
+    call = assemble_call([_inbound(3, "Setup", 0), parse_notification(_bytes(ended))],
+                         {SAMPLE_USER})
+
+    assert call is not None and call.result == "missed"
+
+
+def test_a_rejection_reason_after_the_user_answered_does_not_unanswer_the_call() -> None:
+    hung_up = copy.deepcopy(_load(SETUP))
+    hung_up["uuid"] = "uuid-hung-up"
+    hung_up["body"]["sequence"] = 5
+    hung_up["body"]["eventTime"] = _rc_time(T0 + timedelta(seconds=30))
+    hung_up["body"]["parties"][0]["status"] = {"code": "Disconnected", "reason": "Rejected"}
+    notifications = [_inbound(3, "Setup", 0), _inbound(4, "Answered", 2_000),
+                     parse_notification(_bytes(hung_up))]
+
+    assert assemble_call(notifications, {SAMPLE_USER}).result == "answered"
+
+
+# --- The provider-neutral adapter (PhoneProvider) --------------------------------------------
+
+DISCONNECTED = "ringcentral_telephony_sessions_disconnected.json"
+SECRET = "the-verification-token"
+RECEIVED = datetime(2020, 6, 23, 1, 19, 46, tzinfo=timezone.utc)
+
+
+def _account(**changes: Any) -> Account:
+    fields = dict(firm_id="firm-1", provider="ringcentral", account_id=SAMPLE_USER,
+                  webhook_secret=SECRET, phone_region="US",
+                  attorneys_by_user={SAMPLE_USER: "attorney-1"})
+    return Account(**(fields | changes))
+
+
+def _request(body: bytes, headers: dict[str, str] | None = None) -> WebhookRequest:
+    if headers is None:
+        headers = {"Verification-Token": SECRET, "Content-Type": "application/json"}
+    return WebhookRequest(headers={k.lower(): v for k, v in headers.items()}, query={},
+                          body=body, received_at=RECEIVED)
+
+
+def _notices(body: bytes) -> list[Notice]:
+    request = _request(body)
+    ADAPTER.authenticate(request, _account())
+    return list(ADAPTER.notices(request, _account()))
+
+
+def test_the_adapter_speaks_the_shared_model() -> None:
+    assert ADAPTER.name == "ringcentral"
+    assert isinstance(ADAPTER, RingCentral)
+    assert FinishedCall is model.FinishedCall
+    assert InvalidNotification is model.InvalidNotification
+
+
+@pytest.mark.parametrize("name", [DISCONNECTED])
+def test_new_fixtures_are_verbatim_copies_of_the_reference_samples(name: str) -> None:
+    if not (REFERENCE / name).exists():
+        pytest.skip("reference samples not checked out beside the repo")
+    assert (FIXTURES / name).read_bytes() == (REFERENCE / name).read_bytes()
+
+
+def test_the_disconnected_sample_is_the_users_hang_up_in_the_full_call() -> None:
+    assert _load(DISCONNECTED) == _full_call_envelopes()[7]
+
+
+def test_the_handshake_echoes_the_validation_token_in_a_small_json_reply() -> None:
+    reply = ADAPTER.handshake(_request(b"", {"Validation-Token": "abc-123"}), _account())
+
+    assert reply is not None
+    assert (reply.status, reply.body, reply.media_type) == (200, b"", "application/json")
+    assert dict(reply.headers) == {"Validation-Token": "abc-123"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Verification-Token": SECRET}, b""),
+        ({"Validation-Token": SECRET}, (FIXTURES / SETUP).read_bytes()),
+        ({}, b""),
+    ],
+)
+def test_anything_but_an_empty_validation_request_is_not_a_handshake(
+    headers: dict[str, str], body: bytes
+) -> None:
+    assert ADAPTER.handshake(_request(body, headers), _account()) is None
+
+
+def test_a_validation_token_too_long_to_echo_within_1kb_is_refused() -> None:
+    longest = "t" * MAX_VALIDATION_TOKEN_CHARS
+    too_long = longest + "t"
+
+    assert ADAPTER.handshake(_request(b"", {"Validation-Token": longest}), _account())
+    with pytest.raises(Refused) as refused:
+        ADAPTER.handshake(_request(b"", {"Validation-Token": too_long}), _account())
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("header", ["Verification-Token", "Validation-Token", "verification-token"])
+def test_the_verification_token_in_either_header_authenticates(header: str) -> None:
+    ADAPTER.authenticate(_request((FIXTURES / SETUP).read_bytes(), {header: SECRET}), _account())
+
+
+@pytest.mark.parametrize(
+    ("headers", "account"),
+    [
+        ({"Verification-Token": "forged"}, _account()),
+        ({"Verification-Token": SECRET[:-1]}, _account()),
+        ({}, _account()),
+        ({"Content-Type": "application/json"}, _account()),
+        ({"Verification-Token": ""}, _account(webhook_secret="")),
+    ],
+    ids=["forged", "truncated", "no-header", "other-headers-only", "no-secret-configured"],
+)
+def test_a_missing_or_wrong_token_is_refused_with_401(
+    headers: dict[str, str], account: Account
+) -> None:
+    with pytest.raises(Refused) as refused:
+        ADAPTER.authenticate(_request((FIXTURES / SETUP).read_bytes(), headers), account)
+
+    assert refused.value.status == 401
+
+
+def test_a_notification_for_another_account_in_its_event_is_refused_with_403() -> None:
+    with pytest.raises(Refused) as refused:
+        ADAPTER.authenticate(_request((FIXTURES / SETUP).read_bytes()),
+                             _account(account_id="111111"))
+
+    assert refused.value.status == 403
+
+
+def _unwrapped_account_level_sample() -> dict[str, Any]:
+    envelope = copy.deepcopy(_load(PROCEEDING_INTERNAL)["pn_apns"])
+    del envelope["aps"]
+    return envelope
+
+
+def test_body_account_id_other_than_the_firms_is_refused_with_403() -> None:
+    envelope = _unwrapped_account_level_sample()
+    envelope["event"] = "/restapi/v1.0/account/~/extension/~/telephony/sessions"
+
+    ADAPTER.authenticate(_request(_bytes(envelope)), _account(account_id="400144452008"))
+    with pytest.raises(Refused) as refused:
+        ADAPTER.authenticate(_request(_bytes(envelope)), _account(account_id="400144452009"))
+    assert refused.value.status == 403
+
+
+def test_owner_id_is_the_subscribing_extension_not_the_account() -> None:
+    # The account-level sample: ownerId 400144455008 is the extension under account ...2008.
+    envelope = _unwrapped_account_level_sample()
+
+    ADAPTER.authenticate(_request(_bytes(envelope)), _account(account_id="400144452008"))
+    assert envelope["ownerId"] != "400144452008"
+
+
+def test_a_body_that_names_no_account_is_left_to_the_parser() -> None:
+    for body in (b"not json", b"[]", _bytes({"uuid": "1", "event": "/restapi/v1.0/account/~/presence"})):
+        ADAPTER.authenticate(_request(body), _account())
+
+
+def test_each_telephony_notification_is_one_notice_keyed_by_its_uuid() -> None:
+    raw = (FIXTURES / SETUP).read_bytes()
+
+    assert _notices(raw) == [Notice(dedupe_key="1823485288313944239",
+                                    provider_call_id="s-a6abd24ca6774373a8120a3390d3cbe8",
+                                    body=raw)]
+
+
+def test_a_redelivery_gives_the_same_dedupe_key() -> None:
+    raw = (FIXTURES / DISCONNECTED).read_bytes()
+    reformatted = _bytes(json.loads(raw))
+
+    assert _notices(raw)[0].dedupe_key == _notices(reformatted)[0].dedupe_key == "2093060148244630825"
+
+
+@pytest.mark.parametrize(
+    "event",
+    ["/restapi/v1.0/account/~/extension/~/message-store",
+     "/restapi/v1.0/subscription/~?threshold=86400&interval=3600",
+     "/restapi/v1.0/account/~/extension/~/presence"],
+)
+def test_other_events_are_acknowledged_and_ignored(event: str) -> None:
+    assert _notices(_bytes({"uuid": "u", "event": event, "body": {}})) == []
+
+
+@pytest.mark.parametrize(
+    "raw_body",
+    [b"", b"{", b"[1, 2]", b'"x"', _setup_with("body.sequence", "two"), _setup_with("uuid"),
+     (FIXTURES / SETUP).read_bytes()[:-40]],
+    ids=["empty", "truncated-object", "array", "string", "wrong-type", "no-uuid", "truncated"],
+)
+def test_malformed_notifications_raise_the_models_invalid_notification(raw_body: bytes) -> None:
+    with pytest.raises(model.InvalidNotification):
+        ADAPTER.notices(_request(raw_body), _account())
+
+
+@given(st.binary())
+def test_arbitrary_bytes_are_refused_or_invalid_never_anything_else(raw_body: bytes) -> None:
+    request = _request(raw_body)
+    try:
+        ADAPTER.handshake(request, _account())
+        ADAPTER.authenticate(request, _account())
+        ADAPTER.notices(request, _account())
+    except (Refused, model.InvalidNotification):
+        pass
+
+
+@given(_JSON)
+def test_arbitrary_json_is_refused_or_invalid_never_anything_else(value: Any) -> None:
+    request = _request(_bytes(value))
+    try:
+        ADAPTER.authenticate(request, _account())
+        ADAPTER.notices(request, _account())
+    except (Refused, model.InvalidNotification):
+        pass
+
+
+def _full_call_bodies() -> list[bytes]:
+    return [_bytes(e) for e in _full_call_envelopes()]
+
+
+def test_the_reference_call_through_the_adapter_is_the_reference_call() -> None:
+    bodies = [n.body for raw in _full_call_bodies() for n in _notices(raw)]
+
+    assert ADAPTER.finished_call(bodies, _account()) == REFERENCE_CALL
+
+
+def test_the_call_is_not_finished_until_the_users_hang_up_arrives() -> None:
+    bodies = _full_call_bodies()
+
+    assert ADAPTER.finished_call(bodies[:7], _account()) is None
+    assert ADAPTER.finished_call(bodies[:8], _account()).duration_seconds == 16
+
+
+def test_an_extension_of_the_firms_account_nobody_mapped_is_still_the_firms_call() -> None:
+    call = ADAPTER.finished_call(_full_call_bodies(), _account(attorneys_by_user={}))
+
+    assert call is not None and call.provider_user_id == SAMPLE_USER
+
+
+def test_a_call_of_no_mapped_extension_in_another_account_is_not_the_firms() -> None:
+    account = _account(account_id="111111", attorneys_by_user={"222": "attorney-2"})
+
+    assert ADAPTER.finished_call(_full_call_bodies(), account) is None
+
+
+def test_the_firms_region_reads_numbers_written_without_a_country_code() -> None:
+    bodies = []
+    for envelope in _full_call_envelopes():
+        for party in envelope["body"]["parties"]:
+            if party["to"].get("phoneNumber") == "+14083388064":
+                party["to"]["phoneNumber"] = "020 7946 0958"
+        bodies.append(_bytes(envelope))
+
+    call = ADAPTER.finished_call(bodies, _account(phone_region="GB"))
+
+    assert call.external_number_e164 == "+442079460958"
+    assert call.external_number_raw == "020 7946 0958"
+
+
+def test_a_lone_hang_up_is_a_finished_call_with_no_connected_time_until_the_answer_arrives() -> None:
+    call = ADAPTER.finished_call([(FIXTURES / DISCONNECTED).read_bytes()], _account())
+
+    assert call is not None
+    assert (call.result, call.duration_seconds, call.last_sequence) == ("missed", 0, 9)
+    assert call.ended_at == REFERENCE_CALL.ended_at

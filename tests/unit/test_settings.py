@@ -8,6 +8,8 @@ from pydantic import ValidationError
 from calltime.secrets import EnvironmentSecrets, MissingSecret
 from calltime.settings import Settings
 
+REAL_CREDENTIALS_KEY = "cmVhbC1rZXktZnJvbS10aGUtc2VjcmV0cy1zdG9yZSE="
+
 
 def test_settings_come_from_calltime_environment_variables(monkeypatch):
     monkeypatch.setenv("CALLTIME_KAFKA_BOOTSTRAP", "broker.internal:9092")
@@ -21,9 +23,21 @@ def test_settings_come_from_calltime_environment_variables(monkeypatch):
 def test_outside_development_the_built_in_signing_key_is_refused(monkeypatch, environment):
     monkeypatch.setenv("CALLTIME_ENVIRONMENT", environment)
     monkeypatch.delenv("CALLTIME_APPROVAL_SIGNING_KEY", raising=False)
+    monkeypatch.setenv("CALLTIME_CREDENTIALS_KEY", REAL_CREDENTIALS_KEY)
     with pytest.raises(ValidationError, match="CALLTIME_APPROVAL_SIGNING_KEY"):
         Settings()
     monkeypatch.setenv("CALLTIME_APPROVAL_SIGNING_KEY", "a-real-key-from-the-secrets-store")
+    assert Settings().environment == environment
+
+
+@pytest.mark.parametrize("environment", ["test", "production"])
+def test_outside_development_the_built_in_credentials_key_is_refused(monkeypatch, environment):
+    monkeypatch.setenv("CALLTIME_ENVIRONMENT", environment)
+    monkeypatch.setenv("CALLTIME_APPROVAL_SIGNING_KEY", "a-real-key-from-the-secrets-store")
+    monkeypatch.delenv("CALLTIME_CREDENTIALS_KEY", raising=False)
+    with pytest.raises(ValidationError, match="CALLTIME_CREDENTIALS_KEY"):
+        Settings()
+    monkeypatch.setenv("CALLTIME_CREDENTIALS_KEY", REAL_CREDENTIALS_KEY)
     assert Settings().environment == environment
 
 

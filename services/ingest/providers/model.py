@@ -96,6 +96,9 @@ class PhoneProvider(Protocol):
     """One provider's webhook dialect. Every method is pure (no I/O)."""
 
     name: str
+    # Optional: seconds of quiet after the notice that completes a call before its first
+    # announcement, for providers that deliver out of order (absent or 0: announce at once).
+    # settle_after_seconds: float
 
     def handshake(self, request: WebhookRequest, account: Account) -> Reply | None:
         """The answer to a subscription / URL-validation request, or None if this is not one.

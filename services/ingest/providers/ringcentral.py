@@ -3,7 +3,8 @@
 Pure functions, no I/O. The ingest entrypoint hands in the raw request (headers and body
 bytes); this module answers the subscription handshake, checks the shared verification token,
 parses each notification into frozen values, and — once the firm user's party has hung up —
-assembles a session's notifications into one `FinishedCall`.
+assembles a session's notifications into one `FinishedCall`. `ADAPTER` (a `RingCentral`) speaks
+the same through the provider-neutral `PhoneProvider` contract of `model.py`.
 
 Contract: /work/shared/reference/providers.md §1 and the RingCentral samples beside it.
 RingCentral sends no duration: it is computed from `eventTime` deltas. Delivery order is not
@@ -15,12 +16,35 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from calltime.ingest.providers.model import (
+    Account,
+    FinishedCall,
+    InvalidNotification,
+    Notice,
+    Refused,
+    Reply,
+    WebhookRequest,
+)
 from calltime.phone import is_extension, normalise
+
+__all__ = [
+    "ADAPTER",
+    "FinishedCall",
+    "InvalidNotification",
+    "Party",
+    "RingCentral",
+    "SessionNotification",
+    "assemble_call",
+    "is_validation_request",
+    "parse_notification",
+    "presented_token",
+    "token_matches",
+]
 
 # Both the account-level and the extension-level filter deliver telephony sessions; one
 # subscription may hold both, so one call's notifications can arrive under either URI.
@@ -37,10 +61,6 @@ _ENDED = frozenset({"Disconnected", "Gone"})
 _MICROSECONDS_PER_SECOND = 1_000_000
 
 
-class InvalidNotification(ValueError):
-    """The request body is not a RingCentral notification; the message says why (for a 4xx)."""
-
-
 @dataclass(frozen=True)
 class Party:
     """One leg of a telephony session as one notification saw it."""
@@ -55,6 +75,7 @@ class Party:
     to_extension_id: str | None
     status_code: str
     missed_call: bool
+    status_reason: str | None = None  # why a Disconnected party left, e.g. "Rejected"
 
 
 @dataclass(frozen=True)
@@ -75,23 +96,6 @@ class SessionNotification:
     @property
     def is_telephony_session(self) -> bool:
         return _TELEPHONY_SESSIONS_EVENT.fullmatch(self.event) is not None
-
-
-@dataclass(frozen=True)
-class FinishedCall:
-    """A call the firm user has hung up, in the terms `CallEnded` needs."""
-
-    provider_call_id: str
-    direction: str  # inbound | outbound | internal
-    external_number_e164: str | None
-    external_number_raw: str | None
-    internal_number: str | None
-    provider_user_id: str
-    started_at: datetime
-    ended_at: datetime
-    duration_seconds: int
-    result: str  # answered | missed | voicemail
-    last_sequence: int
 
 
 # --- Subscription handshake and verification token -------------------------------------------
@@ -202,6 +206,7 @@ def _parse_party(raw: Any, where: str) -> Party:
         to_extension_id=_optional(callee, "extensionId", str, f"{where}to."),
         status_code=_required(status, "code", str, f"{where}status."),
         missed_call=_optional(raw, "missedCall", bool, where) or False,
+        status_reason=_optional(status, "reason", str, f"{where}status."),
     )
 
 
@@ -309,7 +314,9 @@ def assemble_call(
       hold included, rounded half up to whole seconds (RingCentral drops calls under half a
       second of talk); 0 when never answered.
     * `result`: `voicemail` if the tracked party reached `VoiceMail`, else `answered` if it was
-      `Answered`, else `missed` (whether or not RingCentral set `missedCall`).
+      `Answered`, else `rejected` if it ended for a rejection (`rejected_by_reason`), else
+      `missed` (whether or not RingCentral set `missedCall`).
+    * The tracked party's end is authoritative: events after it do not change the call.
     * Numbers: the other side's number as sent (`external_number_raw`) and in E.164 (None for
       extensions); the firm side's number in E.164 when it is one, else as sent (an extension).
     """
@@ -435,4 +442,117 @@ def _result(history: Sequence[_Snapshot]) -> str:
         return "voicemail"
     if _ANSWERED in codes:
         return "answered"
+    if rejected_by_reason(history[-1].party.status_reason):
+        return "rejected"
     return "missed"
+
+
+def rejected_by_reason(reason: str | None) -> bool:
+    """Whether a party's end `status.reason` says the call was rejected rather than missed.
+
+    UNCONFIRMED (providers.md §1.2 lists `status.reason` but not its values): RingCentral's SDK
+    (`CallStatusInfo.reason`, "for 'Disconnected' code only") enumerates `Rejected` among
+    `Pickup`, `NoAnswer`, `TargetBusy`, ...; no captured notification shows it. Without a
+    reason an unanswered call stays `missed`, as before.
+    """
+    return reason == "Rejected"
+
+
+# --- The provider-neutral adapter ------------------------------------------------------------
+
+# Our whole handshake answer must stay within RingCentral's 1024 bytes (providers.md §1.3); the
+# echoed token is the only part of it we do not choose, so a longer one is not RingCentral's.
+MAX_VALIDATION_TOKEN_CHARS = 512
+
+_ACCOUNT_IN_EVENT = re.compile(r"/restapi/v1\.0/account/([^/?]+)")
+
+
+class RingCentral:
+    """RingCentral's webhook dialect behind `PhoneProvider` (see `model.py`)."""
+
+    name = "ringcentral"
+    # Delivery order is not guaranteed (providers.md §1.4): wait this long after the hang-up for
+    # stragglers, so a shuffled call is announced once, complete, rather than revised.
+    settle_after_seconds = 1.5
+
+    def handshake(self, request: WebhookRequest, account: Account) -> Reply | None:
+        """The subscription-creation echo: 200, the same `Validation-Token` header, JSON content
+        type and an empty body (providers.md §1.3). RingCentral does not sign it."""
+        token = is_validation_request(request.headers, request.body)
+        if token is None:
+            return None
+        if len(token) > MAX_VALIDATION_TOKEN_CHARS:
+            raise Refused(400, "validation token longer than RingCentral sends")
+        return Reply(status=200, body=b"", media_type="application/json",
+                     headers={"Validation-Token": token})
+
+    def authenticate(self, request: WebhookRequest, account: Account) -> None:
+        """The shared verification token, compared in constant time (401), then the account
+        the notification names (403). RingCentral signs nothing else (providers.md §1.3)."""
+        if not token_matches(presented_token(request.headers), account.webhook_secret):
+            raise Refused(401, "verification token missing or wrong")
+        for named in named_account_ids(request.body):
+            if named != account.account_id:
+                raise Refused(403, "the notification is for another RingCentral account")
+
+    def notices(self, request: WebhookRequest, account: Account) -> Sequence[Notice]:
+        """One notice per telephony-session notification, kept whole: the call is assembled
+        from the whole session, not only from its Disconnected event. Re-deliveries share the
+        envelope `uuid` (providers.md §6); other event filters are acknowledged and ignored."""
+        notification = parse_notification(request.body)
+        if not notification.is_telephony_session:
+            return []
+        assert notification.telephony_session_id is not None  # required for telephony sessions
+        return [Notice(dedupe_key=notification.uuid,
+                       provider_call_id=notification.telephony_session_id,
+                       body=request.body)]
+
+    def finished_call(self, bodies: Sequence[bytes], account: Account) -> FinishedCall | None:
+        """The session as its stored notifications tell it (`assemble_call`: the firm user's
+        own Disconnected/Gone event ends the call; later events do not change it). The call
+        log, read by reconciliation, is the more complete record of the same call."""
+        notifications = [parse_notification(body) for body in bodies]
+        tracked = firm_extension_ids(notifications, account.account_id,
+                                     account.attorneys_by_user)
+        return assemble_call(notifications, tracked, account.phone_region)
+
+
+ADAPTER = RingCentral()
+
+
+def firm_extension_ids(
+    notifications: Iterable[SessionNotification], account_id: str, mapped: Iterable[str]
+) -> set[str]:
+    """The firm's own legs: extensions mapped to an attorney, and any other extension of the
+    firm's account, so that a call on an unmapped extension is still reported."""
+    own = {party.extension_id for n in notifications for party in n.parties
+           if party.account_id == account_id and party.extension_id}
+    return own | set(mapped)
+
+
+def named_account_ids(raw_body: bytes) -> set[str]:
+    """The RingCentral account ids a notification names: `body.accountId` and the account in
+    its `event` filter URI (`~`, "the subscriber's own", names none).
+
+    `ownerId` is not among them: it is the subscribing *extension* (the account-level sample
+    has ownerId 400144455008 under account 400144452008). A body that is not a JSON object
+    names nothing here; `notices` rejects it with its reason.
+    """
+    try:
+        envelope = json.loads(raw_body)
+    except (UnicodeDecodeError, ValueError):
+        return set()
+    if not isinstance(envelope, dict):
+        return set()
+    named: set[str] = set()
+    event = envelope.get("event")
+    if isinstance(event, str) and (match := _ACCOUNT_IN_EVENT.match(event)):
+        named.add(match.group(1))
+    body = envelope.get("body")
+    if isinstance(body, dict):
+        account = body.get("accountId")
+        # Some RingCentral bodies write ids as JSON numbers (the presence sample does).
+        if isinstance(account, (str, int)) and not isinstance(account, bool):
+            named.add(str(account))
+    named.discard("~")
+    return named

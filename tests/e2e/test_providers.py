@@ -1,0 +1,235 @@
+"""Every phone provider end to end on the real broker and database: the provider's simulator
+performs its handshake and delivers signed events (shuffled and duplicated) to the running
+ingest service; exactly one `call.ended` comes out per call, with the provider's units turned
+into seconds, UTC and E.164. Forged deliveries are refused and store nothing. With 10% of the
+webhooks dropped, a reconciliation sweep (the CLI, against the simulator's call-log API)
+publishes exactly the missing calls and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from calltime import topics
+from calltime.demo.stack import FirmSetup, LocalStack, register_firm, stack_credentials
+from calltime.demo.watch import eventually, read_topic
+from calltime.fakes import dialpad, graph, ringcentral, vonage, zoom
+from calltime.fakes.calls import SimulatedCall
+from calltime.fakes.server import BackgroundServer
+from calltime.ingest.domain import call_id_for
+from calltime.onboarding import connect_phone_provider
+
+FIRM = "firm-phones"
+ATTORNEY = "clio-user-77"
+USER = "700001"  # the firm user's id at every provider
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    account_id: str
+    secret: str
+    new_state: Callable[[str], Any]
+    api_app: Callable[[Any], Any]
+    api_credentials: Callable[[Any], dict[str, str]]
+    new_simulator: Callable[[str, str, str, Any], Any]
+    expected: Callable[[SimulatedCall], tuple[str, int]] = lambda call: (call.outcome, call.connected_seconds)
+
+
+PROVIDERS = {
+    "ringcentral": Provider(
+        "ringcentral", "400777", "rc-verification-token",
+        lambda account: ringcentral.RingCentralApiState(account),
+        ringcentral.create_api_app,
+        lambda state: state.add_app("calltime-rc-app", "rc-client-secret"),
+        lambda url, secret, account, state: ringcentral.RingCentralSimulator(url, secret, account_id=account,
+                                                                             api=state)),
+    "graph": Provider(
+        "graph", "5f0ab0e1-7c1d-4a39-9d3c-0f6e1c2b9a77", "graph-client-state",
+        lambda account: graph.GraphApiState(tenant_id=account),
+        graph.create_api_app,
+        lambda state: {"client_id": state.client_id, "client_secret": state.client_secret},
+        lambda url, secret, account, state: graph.GraphSimulator(url, secret, account_id=account, state=state),
+        graph.GraphSimulator.expected_outcome),
+    "zoom": Provider(
+        "zoom", "zoom-acct-77", "zoom-secret-token",
+        lambda account: zoom.ZoomApiState(account_id=account),
+        zoom.create_api_app,
+        lambda state: {"client_id": state.client_id, "client_secret": state.client_secret},
+        lambda url, secret, account, state: zoom.ZoomSimulator(url, secret, account_id=account, state=state)),
+    "dialpad": Provider(
+        "dialpad", "dialpad-company-77", "dialpad-jwt-secret",
+        lambda account: dialpad.DialpadApiState(api_keys={"dialpad-api-key"}),
+        dialpad.create_api_app,
+        lambda state: {"api_key": "dialpad-api-key"},
+        lambda url, secret, account, state: dialpad.DialpadSimulator(url, secret, account_id=account, state=state)),
+    "vonage": Provider(
+        "vonage", "vbc-account-77", "vonage-signing-key",
+        lambda account: vonage.VonageApiState(account_id=account),
+        vonage.create_api_app,
+        lambda state: {"client_id": state.client_id, "client_secret": state.client_secret,
+                       "username": state.username, "password": state.password},
+        lambda url, secret, account, state: vonage.VonageSimulator(url, secret, account_id=account, state=state)),
+}
+
+
+@dataclass
+class Phones:
+    stack: LocalStack
+    states: dict[str, Any]
+    servers: dict[str, BackgroundServer]
+
+    def webhook_url(self, provider: str) -> str:
+        return f"{self.stack.url('ingest')}/webhooks/{provider}/{FIRM}"
+
+    def simulator(self, provider: str, secret: str | None = None):
+        p = PROVIDERS[provider]
+        return p.new_simulator(self.webhook_url(provider), secret or p.secret, p.account_id, self.states[provider])
+
+
+@pytest.fixture(scope="module")
+async def phones(infrastructure, tmp_path_factory):
+    stack = LocalStack(infrastructure["database"], infrastructure["kafka"], tmp_path_factory.mktemp("phones"),
+                       extra_env={"CALLTIME_RECONCILE_EVERY_SECONDS": "3600"})
+    await stack.create_database()
+    states = {name: p.new_state(p.account_id) for name, p in PROVIDERS.items()}
+    servers = {name: BackgroundServer(p.api_app(states[name]), name=f"fake-{name}").start()
+               for name, p in PROVIDERS.items()}
+    firm = FirmSetup(firm_id=FIRM, name="Phones LLP", clio_base_url="http://127.0.0.1:9", clio_token="unused",
+                     ringcentral_account_id=PROVIDERS["ringcentral"].account_id,
+                     ringcentral_verification_token=PROVIDERS["ringcentral"].secret, api_key="phones-key",
+                     extensions={USER: ATTORNEY})
+    await register_firm(stack, firm)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        for name, p in PROVIDERS.items():
+            async with conn.transaction():
+                await connect_phone_provider(stack_credentials(conn), conn, firm_id=FIRM, provider=name,
+                                             account_id=p.account_id, webhook_secret=p.secret,
+                                             users={USER: ATTORNEY}, api_base_url=servers[name].base_url,
+                                             api_credentials=p.api_credentials(states[name]))
+    finally:
+        await conn.close()
+    try:
+        await stack.start_services(("ingest",))
+        yield Phones(stack, states, servers)
+    finally:
+        stack.stop_services()
+        for server in servers.values():
+            server.stop()
+        await stack.drop_database()
+
+
+def a_call(n: int, **changes) -> SimulatedCall:
+    started = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=90) + timedelta(seconds=n * 30)
+    values = dict(user_id=USER, external_number=f"+1212555{n:04d}", direction="inbound", started_at=started,
+                  ring_seconds=7, talk_seconds=400 + n, hold_seconds=20, outcome="answered")
+    return SimulatedCall(**(values | changes))
+
+
+async def announced(stack: LocalStack, call_ids: list[str]) -> int:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM ingest.calls WHERE firm_id = $1 AND call_id = ANY($2)",
+                                   FIRM, call_ids)
+    finally:
+        await conn.close()
+
+
+async def call_ended_events(stack: LocalStack, call_ids: list[str]) -> list:
+    events = await read_topic(stack.kafka_bootstrap, stack.topic_prefix + topics.CALL_ENDED)
+    wanted = set(call_ids)
+    return [e for e in events if e.call_id in wanted]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_the_provider_handshake_succeeds(phones, provider):
+    async with phones.simulator(provider) as simulator:
+        assert await simulator.handshake() is True
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_signed_ended_call_delivered_shuffled_and_twice_is_one_call_ended(phones, provider):
+    call = a_call(1, call_key=f"one-{provider}")
+    async with phones.simulator(provider) as simulator:
+        responses = await simulator.place_call(call, shuffle=True, duplicate_each=2, rng=random.Random(7))
+        call_id = call_id_for(provider, simulator.provider_call_id(call))
+    assert {r.status_code for r in responses} <= {200, 202, 204}
+    await eventually(lambda: announced(phones.stack, [call_id]), timeout=30, what=f"{provider} call announced")
+
+    events = await call_ended_events(phones.stack, [call_id])
+    assert len(events) == 1, [e.revision for e in events]
+    event = events[0]
+    result, seconds = PROVIDERS[provider].expected(call)
+    assert (event.provider, event.result, event.duration_seconds) == (provider, result, seconds)
+    assert (event.direction, event.external_number_e164) == ("inbound", call.external_number)
+    assert event.attorney_user_id == ATTORNEY and event.provider_user_id == USER
+    assert event.started_at.utcoffset() == timedelta(0) and event.ended_at.utcoffset() == timedelta(0)
+    assert abs(event.ended_at - call.ended_at) <= timedelta(seconds=1)
+    assert call.started_at - timedelta(seconds=1) <= event.started_at <= call.answered_at + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_forged_deliveries_are_refused_and_store_nothing(phones, provider):
+    call = a_call(2, call_key=f"forged-{provider}")
+    async with phones.simulator(provider, secret="not-the-firm-secret") as forger:
+        deliveries = forger.webhook_requests(call)
+        provider_call_id = forger.provider_call_id(call)
+    async with httpx.AsyncClient(timeout=10) as http:
+        responses = [await http.post(phones.webhook_url(provider), content=body, headers=headers)
+                     for headers, body in deliveries]
+    assert responses and {r.status_code for r in responses} == {401}
+    conn = await asyncpg.connect(phones.stack.database_url)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM ingest.notices WHERE firm_id = $1 AND provider = $2"
+                                     " AND provider_call_id = $3", FIRM, provider, provider_call_id)
+    finally:
+        await conn.close()
+    assert stored == 0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_sweep_publishes_exactly_the_calls_the_webhooks_missed(phones, provider):
+    calls = [a_call(10 + n, call_key=f"sweep-{provider}-{n}") for n in range(20)]
+    dropped = {3, 14}  # 10% of the webhooks never arrive
+    async with phones.simulator(provider) as simulator:
+        for n, call in enumerate(calls):
+            await simulator.place_call(call, deliver=n not in dropped)
+        call_ids = [call_id_for(provider, simulator.provider_call_id(c)) for c in calls]
+    delivered = [cid for n, cid in enumerate(call_ids) if n not in dropped]
+    await eventually(lambda: _count_is(phones.stack, delivered, len(delivered)), timeout=30,
+                     what="delivered calls announced")
+    assert await announced(phones.stack, call_ids) == 18
+
+    since = (min(c.started_at for c in calls) - timedelta(minutes=5)).isoformat()
+    until = (max(c.started_at for c in calls) + timedelta(minutes=30)).isoformat()
+    first = await run_sweep(phones.stack, provider, since, until)
+    second = await run_sweep(phones.stack, provider, since, until)
+
+    assert first.returncode == 0, first.stderr
+    assert "2 published" in first.stdout and "page 1" in first.stderr  # the progress display
+    assert second.returncode == 0 and "0 published" in second.stdout
+    events = await call_ended_events(phones.stack, call_ids)
+    assert Counter(e.call_id for e in events) == Counter(call_ids)  # each call once, none missing
+
+
+async def _count_is(stack: LocalStack, call_ids: list[str], expected: int) -> bool:
+    return await announced(stack, call_ids) == expected
+
+
+async def run_sweep(stack: LocalStack, provider: str, since: str, until: str) -> subprocess.CompletedProcess:
+    env = {**stack.service_env("reconcile", 0), "CALLTIME_LOG_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "calltime.ingest.reconcile", "--firm", FIRM, "--provider", provider,
+               "--since", since, "--until", until]
+    return await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
