@@ -207,12 +207,11 @@ async def register_firm(stack: LocalStack, firm: FirmSetup) -> None:
     conn = await asyncpg.connect(stack.database_url)
     try:
         async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO core.firms (firm_id, name, billing_system, billing_base_url,"
-                " billing_credential_ref, rounding_rule, default_time_zone, api_key_sha256)"
-                " VALUES ($1, $2, 'clio', $3, $4, $5, $6, $7)",
-                firm.firm_id, firm.name, firm.clio_base_url, firm.credential_ref,
-                firm.rounding_rule, firm.default_time_zone, digest(firm.api_key))
+            await onboarding.create_firm(
+                conn, firm_id=firm.firm_id, name=firm.name, billing_system="clio",
+                billing_base_url=firm.clio_base_url, billing_credential_ref=firm.credential_ref,
+                api_key_sha256=digest(firm.api_key), rounding_rule=firm.rounding_rule,
+                default_time_zone=firm.default_time_zone)
             await onboarding.connect_phone_provider(
                 stack_credentials(conn), conn, firm_id=firm.firm_id, provider="ringcentral",
                 account_id=firm.ringcentral_account_id,

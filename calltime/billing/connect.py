@@ -49,8 +49,23 @@ class BillingClients:
         client = self.clients.get(firm.firm_id)
         if client is None:
             cls = client_class(firm.billing_system)
-            client = self.clients[firm.firm_id] = cls(firm.billing_base_url, await self._tokens(firm))
+            client = self.clients[firm.firm_id] = cls(firm.billing_base_url, await self._tokens(firm),
+                                                      **await self._options(firm))
         return client
+
+    async def _options(self, firm: Firm) -> dict[str, str]:
+        """What a system needs beyond a base URL and tokens: Smokeball's API key (with the app's
+        client id and secret in the sealed store, else `<credential ref>-api-key` in secrets)."""
+        if firm.billing_system != "smokeball":
+            return {}
+        if self.credentials is not None:
+            try:
+                client = (await self.credentials.get(firm.firm_id, f"{BILLING_TOKENS}.client")).value
+                if client.get("api_key"):
+                    return {"api_key": client["api_key"]}
+            except MissingCredential:
+                pass
+        return {"api_key": self.secrets.get(f"{firm.billing_credential_ref}-api-key")}
 
     async def _tokens(self, firm: Firm) -> AccessTokens:
         if self.credentials is not None and firm.billing_token_url:
