@@ -27,8 +27,9 @@ def create_app(settings: Settings) -> FastAPI:
         async with service_runtime(settings, SERVICE) as runtime, OutboxRelay(
                 runtime.pool, runtime.publisher, store.SCHEMA, settings.outbox_poll_seconds), \
                 RecordFetcher(runtime.pool, runtime.credentials), \
-                Scheduler(runtime.pool, runtime.credentials, settings):
+                Scheduler(runtime.pool, runtime.credentials, settings) as scheduler:
             app.state.runtime = runtime
+            app.state.scheduler = scheduler
             app.state.accounts = AccountCache(runtime.credentials)
             app.state.door = SourceLimiter(settings.webhook_rate_per_second, settings.webhook_burst)
             app.state.readiness_checks = runtime.readiness_checks()

@@ -115,15 +115,35 @@ class Scheduler:
         self.every = settings.reconcile_every_seconds
         self.window = timedelta(seconds=settings.reconcile_window_seconds)
         self._task: asyncio.Task | None = None
+        self._renewals: set[asyncio.Task] = set()
+
+    def renew_soon(self, firm_id: str, provider: str) -> None:
+        """Renew one account's subscriptions now, in the background (a lifecycle notice asked)."""
+        task = asyncio.create_task(self._renew_one(firm_id, provider), name=f"renew-{firm_id}-{provider}")
+        self._renewals.add(task)
+        task.add_done_callback(self._renewals.discard)
+
+    async def _renew_one(self, firm_id: str, provider: str) -> None:
+        try:
+            record, source = await open_source(self.credentials, firm_id, provider)
+            try:
+                # Asked explicitly: renew whatever the account holds, not only what expires soon.
+                await renew(self.pool, record, source, datetime.now(timezone.utc), timedelta(days=365))
+            finally:
+                await source.aclose()
+        except Exception as exc:  # noqa: BLE001 - the next scheduled round tries again
+            log.warning("renewal on request failed", extra={"firm_id": firm_id, "provider": provider,
+                                                            "error": f"{type(exc).__name__}: {exc}"})
 
     async def __aenter__(self) -> Scheduler:
         self._task = asyncio.create_task(self._run(), name="reconcile")
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in [self._task, *self._renewals] if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:

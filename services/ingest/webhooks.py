@@ -72,6 +72,10 @@ async def provider_webhook(provider: str, firm_id: str, request: Request) -> Res
             return Response(reply.body, status_code=reply.status, media_type=reply.media_type,
                             headers=dict(reply.headers))
         adapter.authenticate(webhook, record.account)
+        lifecycle = getattr(adapter, "lifecycle_events", None)
+        if lifecycle and lifecycle(webhook):
+            # e.g. Graph's reauthorizationRequired: renew now rather than at the next round.
+            request.app.state.scheduler.renew_soon(firm_id, provider)
         notices = adapter.notices(webhook, record.account)
     except Refused as exc:
         return refuse(exc.status, exc.reason)

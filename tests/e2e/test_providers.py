@@ -8,6 +8,7 @@ publishes exactly the missing calls and nothing else."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from calltime.fakes import dialpad, graph, ringcentral, vonage, zoom
 from calltime.fakes.calls import SimulatedCall
 from calltime.fakes.server import BackgroundServer
 from calltime.ingest.domain import call_id_for
+from calltime.ingest.reconcile import open_source, renew
 from calltime.onboarding import connect_phone_provider
 
 FIRM = "firm-phones"
@@ -233,3 +235,85 @@ async def run_sweep(stack: LocalStack, provider: str, since: str, until: str) ->
     command = [sys.executable, "-m", "calltime.ingest.reconcile", "--firm", FIRM, "--provider", provider,
                "--since", since, "--until", until]
     return await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("provider", ["graph", "zoom"])
+async def test_a_corrected_record_updates_the_one_call_as_its_next_revision(phones, provider):
+    call = a_call(40, call_key=f"corrected-{provider}", talk_seconds=300)
+    corrected = dataclasses.replace(call, talk_seconds=420)  # the final duration arrives later
+    async with phones.simulator(provider) as simulator:
+        await simulator.place_call(call)
+        call_id = call_id_for(provider, simulator.provider_call_id(call))
+        await eventually(lambda: announced(phones.stack, [call_id]), timeout=30, what="first revision")
+        await simulator.update_call(corrected)
+    await eventually(lambda: _revision_is(phones.stack, call_id, 2), timeout=30, what="second revision")
+
+    events = await call_ended_events(phones.stack, [call_id])
+    assert [(e.revision, e.duration_seconds) for e in events] == [(1, call.connected_seconds),
+                                                                  (2, corrected.connected_seconds)]
+
+
+async def test_zoom_events_of_all_three_generations_make_one_call(phones):
+    call = a_call(50, call_key="zoom-generations")
+    state = phones.states["zoom"]
+    async with zoom.ZoomSimulator(phones.webhook_url("zoom"), PROVIDERS["zoom"].secret,
+                                  account_id=PROVIDERS["zoom"].account_id, state=state,
+                                  generations=("log", "history", "element"), realtime=True) as simulator:
+        responses = await simulator.place_call(call)
+        call_id = call_id_for("zoom", simulator.provider_call_id(call))
+    assert {r.status_code for r in responses} == {200}
+    await eventually(lambda: announced(phones.stack, [call_id]), timeout=30, what="zoom call announced")
+    await asyncio.sleep(1.0)  # any later generation had its chance to revise it
+    events = await call_ended_events(phones.stack, [call_id])
+    assert len({e.call_id for e in events}) == 1
+    assert events[-1].duration_seconds == call.connected_seconds
+
+
+async def _revision_is(stack: LocalStack, call_id: str, revision: int) -> bool:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await conn.fetchval("SELECT revision FROM ingest.calls WHERE firm_id = $1 AND call_id = $2",
+                                   FIRM, call_id) == revision
+    finally:
+        await conn.close()
+
+
+async def test_subscriptions_near_expiry_are_renewed_and_a_graph_lifecycle_notice_renews_at_once(phones):
+    soon = datetime.now(timezone.utc) + timedelta(hours=12)
+    rc_state, vonage_state, graph_state = (phones.states[p] for p in ("ringcentral", "vonage", "graph"))
+    rc_sub = rc_state.add_subscription(phones.webhook_url("ringcentral"), expires_in=12 * 3600)["id"]
+    hook = vonage_state.register_webhook(phones.webhook_url("vonage"), PROVIDERS["vonage"].secret)
+    hook["expireAt"] = soon.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    async with phones.simulator("graph") as simulator:
+        graph_sub = (await simulator.create_subscription(minutes=12 * 60))["id"]
+        before = graph_state.subscriptions[graph_sub]["expirationDateTime"]
+        lifecycle = simulator.lifecycle_request()
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(phones.webhook_url("graph"), headers=lifecycle[0], content=lifecycle[1])
+    assert answer.status_code == 200
+    await eventually(lambda: _changed(graph_state.subscriptions[graph_sub]["expirationDateTime"], before),
+                     timeout=30, what="graph subscription renewed on the lifecycle notice")
+
+    rc_renewals = rc_state.stats["renewals"]
+    pool = await asyncpg.create_pool(phones.stack.database_url, min_size=1, max_size=2)
+    try:
+        credentials = stack_credentials(pool)
+        for provider in ("ringcentral", "vonage"):
+            record, source = await open_source(credentials, FIRM, provider)
+            try:
+                await renew(pool, record, source, datetime.now(timezone.utc), timedelta(days=1))
+            finally:
+                await source.aclose()
+        rows = await pool.fetch("SELECT provider, subscription_id, expires_at FROM ingest.subscriptions"
+                                " WHERE firm_id = $1", FIRM)
+    finally:
+        await pool.close()
+    expiries = {(r["provider"], r["subscription_id"]): r["expires_at"] for r in rows}
+    # RingCentral renews for the term first requested, counted from the renewal.
+    assert rc_state.stats["renewals"] == rc_renewals + 1 and expiries[("ringcentral", rc_sub)] > soon
+    assert expiries[("vonage", hook["id"])] > soon + timedelta(days=5)
+    assert expiries[("graph", graph_sub)] > soon + timedelta(hours=24)
+
+
+async def _changed(value: str, before: str) -> bool:
+    return value != before
