@@ -13,91 +13,27 @@ import random
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
 from calltime import topics
+from calltime.demo.phones import PHONE_SYSTEMS, connect_phone_systems, start_phone_fakes
 from calltime.demo.stack import FirmSetup, LocalStack, register_firm, stack_credentials
 from calltime.demo.watch import eventually, read_topic
-from calltime.fakes import dialpad, graph, ringcentral, vonage, zoom
+from calltime.fakes import zoom
 from calltime.fakes.calls import SimulatedCall
-from calltime.fakes.server import BackgroundServer
 from calltime.ingest.domain import call_id_for
 from calltime.ingest.reconcile import open_source, renew
-from calltime.onboarding import connect_phone_provider
 
 FIRM = "firm-phones"
 ATTORNEY = "clio-user-77"
 USER = "700001"  # the firm user's id at every provider
 
 
-@dataclass(frozen=True)
-class Provider:
-    name: str
-    account_id: str
-    secret: str
-    new_state: Callable[[str], Any]
-    api_app: Callable[[Any], Any]
-    api_credentials: Callable[[Any], dict[str, str]]
-    new_simulator: Callable[[str, str, str, Any], Any]
-    expected: Callable[[SimulatedCall], tuple[str, int]] = lambda call: (call.outcome, call.connected_seconds)
-
-
-PROVIDERS = {
-    "ringcentral": Provider(
-        "ringcentral", "400777", "rc-verification-token",
-        lambda account: ringcentral.RingCentralApiState(account),
-        ringcentral.create_api_app,
-        lambda state: state.add_app("calltime-rc-app", "rc-client-secret"),
-        lambda url, secret, account, state: ringcentral.RingCentralSimulator(url, secret, account_id=account,
-                                                                             api=state)),
-    "graph": Provider(
-        "graph", "5f0ab0e1-7c1d-4a39-9d3c-0f6e1c2b9a77", "graph-client-state",
-        lambda account: graph.GraphApiState(tenant_id=account),
-        graph.create_api_app,
-        lambda state: {"client_id": state.client_id, "client_secret": state.client_secret},
-        lambda url, secret, account, state: graph.GraphSimulator(url, secret, account_id=account, state=state),
-        graph.GraphSimulator.expected_outcome),
-    "zoom": Provider(
-        "zoom", "zoom-acct-77", "zoom-secret-token",
-        lambda account: zoom.ZoomApiState(account_id=account),
-        zoom.create_api_app,
-        lambda state: {"client_id": state.client_id, "client_secret": state.client_secret},
-        lambda url, secret, account, state: zoom.ZoomSimulator(url, secret, account_id=account, state=state)),
-    "dialpad": Provider(
-        "dialpad", "dialpad-company-77", "dialpad-jwt-secret",
-        lambda account: dialpad.DialpadApiState(api_keys={"dialpad-api-key"}),
-        dialpad.create_api_app,
-        lambda state: {"api_key": "dialpad-api-key"},
-        lambda url, secret, account, state: dialpad.DialpadSimulator(url, secret, account_id=account, state=state)),
-    "vonage": Provider(
-        "vonage", "vbc-account-77", "vonage-signing-key",
-        lambda account: vonage.VonageApiState(account_id=account),
-        vonage.create_api_app,
-        lambda state: {"client_id": state.client_id, "client_secret": state.client_secret,
-                       "username": state.username, "password": state.password},
-        lambda url, secret, account, state: vonage.VonageSimulator(url, secret, account_id=account, state=state)),
-}
-
-
-@dataclass
-class Phones:
-    stack: LocalStack
-    states: dict[str, Any]
-    servers: dict[str, BackgroundServer]
-
-    def webhook_url(self, provider: str) -> str:
-        return f"{self.stack.url('ingest')}/webhooks/{provider}/{FIRM}"
-
-    def simulator(self, provider: str, secret: str | None = None):
-        p = PROVIDERS[provider]
-        return p.new_simulator(self.webhook_url(provider), secret or p.secret, p.account_id, self.states[provider])
+PROVIDERS = PHONE_SYSTEMS
 
 
 @pytest.fixture(scope="module")
@@ -105,31 +41,19 @@ async def phones(infrastructure, tmp_path_factory):
     stack = LocalStack(infrastructure["database"], infrastructure["kafka"], tmp_path_factory.mktemp("phones"),
                        extra_env={"CALLTIME_RECONCILE_EVERY_SECONDS": "3600"})
     await stack.create_database()
-    states = {name: p.new_state(p.account_id) for name, p in PROVIDERS.items()}
-    servers = {name: BackgroundServer(p.api_app(states[name]), name=f"fake-{name}").start()
-               for name, p in PROVIDERS.items()}
+    fakes = start_phone_fakes(stack, FIRM)
     firm = FirmSetup(firm_id=FIRM, name="Phones LLP", clio_base_url="http://127.0.0.1:9", clio_token="unused",
                      ringcentral_account_id=PROVIDERS["ringcentral"].account_id,
                      ringcentral_verification_token=PROVIDERS["ringcentral"].secret, api_key="phones-key",
                      extensions={USER: ATTORNEY})
     await register_firm(stack, firm)
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        for name, p in PROVIDERS.items():
-            async with conn.transaction():
-                await connect_phone_provider(stack_credentials(conn), conn, firm_id=FIRM, provider=name,
-                                             account_id=p.account_id, webhook_secret=p.secret,
-                                             users={USER: ATTORNEY}, api_base_url=servers[name].base_url,
-                                             api_credentials=p.api_credentials(states[name]))
-    finally:
-        await conn.close()
+    await connect_phone_systems(fakes, {name: {USER: ATTORNEY} for name in PROVIDERS})
     try:
         await stack.start_services(("ingest",))
-        yield Phones(stack, states, servers)
+        yield fakes
     finally:
         stack.stop_services()
-        for server in servers.values():
-            server.stop()
+        fakes.stop()
         await stack.drop_database()
 
 
