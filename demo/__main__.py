@@ -1,6 +1,7 @@
 """`python -m calltime.demo`: one firm's day of calls through the whole pipeline, on the real
-broker and database, with the fake Clio and the RingCentral simulator standing in for the SaaS
-APIs — ending in a summary of what was captured.
+broker and database, with the fake Clio and the five phone systems' simulators standing in for
+the SaaS APIs. One webhook in ten is dropped on the way, as real providers do; the reconciliation
+sweep reads each provider's call log and recovers those calls. Ends in a summary.
 
 Infrastructure comes from CALLTIME_KAFKA_BOOTSTRAP / CALLTIME_DATABASE_URL, or the devstack
 defaults (`make demo` starts it).
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,15 +26,16 @@ import httpx
 
 from calltime import topics
 from calltime.demo import scenario
-from calltime.demo.stack import FirmSetup, LocalStack, register_firm
+from calltime.demo.phones import PHONE_SYSTEMS, PhoneFakes, connect_phone_systems, start_phone_fakes
+from calltime.demo.stack import FirmSetup, LocalStack, register_firm, stack_credentials
 from calltime.demo.watch import read_topic
 from calltime.fakes.clio import FakeClioServer, FakeClioState
-from calltime.fakes.ringcentral import RingCentralSimulator
 from calltime.ingest.domain import call_id_for
+from calltime.ingest.reconcile import open_source, sweep
 from calltime.settings import Settings
 
 CLIO_TOKEN = "demo-clio-token"
-RC_TOKEN = "demo-ringcentral-verification-token"
+WEBHOOKS_DROPPED = 0.10  # the share of calls whose webhooks never arrive
 FIRM_API_KEY = "demo-firm-api-key"
 # Clio allows 50 requests/min per token at peak and more off-peak; the demo runs "off-peak".
 CLIO_REQUESTS_PER_MINUTE = 600
@@ -60,27 +63,57 @@ def progress(label: str, done: int, total: int) -> None:
         say(f"  {label:<22} {done}/{total}")
 
 
-async def place_calls(stack: LocalStack, calls, response_times: list[float]) -> dict[str, float]:
-    """Deliver every call's webhooks (8 calls at a time); returns when each call was accepted
-    and appends each webhook's response time."""
-    url = f"{stack.url('ingest')}/webhooks/ringcentral/{scenario.FIRM_ID}"
+async def place_calls(phones: PhoneFakes, calls: list[scenario.PlacedCall], rng: random.Random,
+                      response_times: list[float]) -> tuple[dict[str, float], Counter, Counter]:
+    """Deliver every call's webhooks (8 calls at a time), dropping one call's webhooks in ten.
+    Returns when each delivered call was accepted, and calls placed and dropped per provider."""
     accepted: dict[str, float] = {}
+    placed: Counter = Counter()
+    dropped: Counter = Counter()
     gate = asyncio.Semaphore(8)
-    async with RingCentralSimulator(url, RC_TOKEN) as rc:
-        if not await rc.validate():
-            raise SystemExit("demo: the webhook failed RingCentral's validation handshake")
+    simulators = {name: phones.simulator(name) for name in phones.states}
+    for name, simulator in simulators.items():
+        if not await simulator.handshake():
+            raise SystemExit(f"demo: the webhook failed {name}'s validation handshake")
 
-        async def one(spec) -> None:
-            async with gate:
-                responses = await rc.place_call(spec)
-                response_times.extend(r.elapsed.total_seconds() for r in responses)
-                if any(r.status_code != 200 for r in responses):
-                    raise SystemExit(f"demo: webhook refused: {responses[-1].text}")
-                accepted[call_id_for("ringcentral", spec.telephony_session_id)] = time.time()
-                progress("webhooks delivered", len(accepted), len(calls))
+    async def one(placed_call: scenario.PlacedCall) -> None:
+        simulator = simulators[placed_call.provider]
+        deliver = rng.random() >= WEBHOOKS_DROPPED
+        async with gate:
+            responses = await simulator.place_call(placed_call.call, deliver=deliver)
+        placed[placed_call.provider] += 1
+        if not deliver:
+            dropped[placed_call.provider] += 1
+            return
+        response_times.extend(r.elapsed.total_seconds() for r in responses)
+        if any(r.status_code >= 300 for r in responses):
+            raise SystemExit(f"demo: webhook refused: {responses[-1].text}")
+        call_id = call_id_for(placed_call.provider, simulator.provider_call_id(placed_call.call))
+        accepted[call_id] = time.time()
+        progress("webhooks delivered", sum(placed.values()), len(calls))
 
-        await asyncio.gather(*(one(spec) for _kind, spec in calls))
-    return accepted
+    try:
+        await asyncio.gather(*(one(c) for c in calls))
+    finally:
+        for simulator in simulators.values():
+            await simulator.aclose()
+    return accepted, placed, dropped
+
+
+async def reconcile_all(stack: LocalStack, since, until) -> Counter:
+    """One sweep per phone system over the day, as the ingest service runs them on a schedule."""
+    recovered: Counter = Counter()
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=2)
+    try:
+        for provider in PHONE_SYSTEMS:
+            record, source = await open_source(stack_credentials(pool), scenario.FIRM_ID, provider)
+            try:
+                recovered[provider] = (await sweep(pool, record, source, since, until)).published
+            finally:
+                await source.aclose()
+    finally:
+        await pool.close()
+    return recovered
 
 
 async def wait_for(label: str, probe, total: int, timeout: float = 120) -> int:
@@ -123,16 +156,21 @@ async def approve_as_attorneys(http: httpx.AsyncClient, drafts: list[dict]) -> C
 
 
 def summarise(calls, accepted, matched, drafts, reviewed, entries, clio_entries,
-              response_times) -> None:
+              response_times, placed, dropped, recovered) -> None:
     outcomes = Counter(m.outcome for m in matched)
     hours = sum((e.billed_hours for e in entries), Decimal(0))
     dollars = sum((e.amount for e in entries), Decimal(0))
     by_call = {d["call_id"]: d for d in drafts}
-    end_to_end = sorted(e.written_at.timestamp() - accepted[e.call_id] for e in entries)
-    machine = sorted(by_call[e.call_id]["created_at_epoch"] - accepted[e.call_id] for e in entries)
+    timed = [e for e in entries if e.call_id in accepted]  # recovered calls had no webhook
+    end_to_end = sorted(e.written_at.timestamp() - accepted[e.call_id] for e in timed)
+    machine = sorted(by_call[e.call_id]["created_at_epoch"] - accepted[e.call_id] for e in timed)
     say("")
     say(f"calltime demo — {scenario.FIRM_NAME}, one day, {len(scenario.ATTORNEYS)} attorneys")
-    say(f"  calls received           {len(accepted)} of {len(calls)} placed")
+    say(f"  calls placed             {len(calls)}; webhooks of {sum(dropped.values())} dropped on the way")
+    say("    phone system   placed  webhooks dropped  recovered by reconciliation")
+    for provider in PHONE_SYSTEMS:
+        say(f"    {provider:<13} {placed[provider]:>7}  {dropped[provider]:>16}  {recovered[provider]:>27}")
+    say(f"  calls received           {len(accepted) + sum(recovered.values())} of {len(calls)} placed")
     say("  match outcomes")
     for outcome, count in sorted(outcomes.items(), key=lambda kv: -kv[1]):
         say(f"    {outcome:<24} {count}")
@@ -161,13 +199,17 @@ async def run_demo() -> None:
     directory = scenario.seed_clio(clio_state, CLIO_TOKEN, rng)
     calls = scenario.day_of_calls(directory, rng)
     with FakeClioServer(clio_state) as clio:
-        stack = LocalStack(settings.database_url, settings.kafka_bootstrap, run_dir)
+        stack = LocalStack(settings.database_url, settings.kafka_bootstrap, run_dir,
+                           extra_env={"CALLTIME_RECONCILE_EVERY_SECONDS": "3600"})
         await stack.create_database()
+        rc = PHONE_SYSTEMS["ringcentral"]
         await register_firm(stack, FirmSetup(
             firm_id=scenario.FIRM_ID, name=scenario.FIRM_NAME, clio_base_url=clio.base_url,
-            clio_token=CLIO_TOKEN, ringcentral_account_id=scenario.RINGCENTRAL_ACCOUNT,
-            ringcentral_verification_token=RC_TOKEN, api_key=FIRM_API_KEY,
-            extensions=directory.attorney_ids))
+            clio_token=CLIO_TOKEN, ringcentral_account_id=rc.account_id,
+            ringcentral_verification_token=rc.secret, api_key=FIRM_API_KEY,
+            extensions=directory.attorney_ids["ringcentral"]))
+        phones = start_phone_fakes(stack, scenario.FIRM_ID)
+        await connect_phone_systems(phones, directory.attorney_ids)
         try:
             say(f"starting the four services (logs in {run_dir})")
             ready = await stack.start_services()
@@ -179,7 +221,12 @@ async def run_demo() -> None:
                 say(f"directory synced from Clio: {sync['users']} users, {sync['contacts']}"
                     f" contacts, {sync['matters']} matters")
                 response_times: list[float] = []
-                accepted = await place_calls(stack, calls, response_times)
+                accepted, placed, dropped = await place_calls(phones, calls, rng, response_times)
+                await wait_for("delivered calls in", lambda: _calls_received(stack), len(accepted))
+                recovered = await reconcile_all(stack, scenario.DAY - timedelta(hours=1),
+                                                scenario.DAY + timedelta(hours=19))
+                say(f"  reconciliation sweeps recovered {sum(recovered.values())} calls"
+                    f" ({sum(dropped.values())} had lost their webhooks)")
                 expected = await expected_drafts(stack)
                 await wait_for("drafts created", lambda: _count(review_queue(http, stack)),
                                expected)
@@ -193,9 +240,10 @@ async def run_demo() -> None:
                 draft["created_at_epoch"] = _epoch(draft["created_at"])
             summarise(calls, accepted, matched, drafts, reviewed, entries,
                       len([a for a in clio_state.activities(scenario.FIRM_ID)
-                           if a["type"] == "TimeEntry"]), response_times)
+                           if a["type"] == "TimeEntry"]), response_times, placed, dropped, recovered)
         finally:
             stack.stop_services()
+            phones.stop()
             await stack.drop_database()
 
 

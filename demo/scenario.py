@@ -1,6 +1,7 @@
-"""The demo's firm and its day of calls: a 4-attorney firm on RingCentral and Clio, 85 calls
-(clients with one or several matters, clients without an open matter, unknown numbers, internal
-and vendor lines, missed calls), deterministic for a given seed."""
+"""The demo's firm and its day of calls: a 5-attorney firm on Clio whose offices run five phone
+systems (RingCentral, Zoom Phone, Teams, Dialpad, Vonage), 85 calls (clients with one or several
+matters, clients without an open matter, unknown numbers, colleagues' and vendors' lines, missed
+calls), deterministic for a given seed."""
 
 from __future__ import annotations
 
@@ -9,20 +10,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+from calltime.demo.phones import PHONE_SYSTEMS
+from calltime.fakes.calls import SimulatedCall
 from calltime.fakes.clio import FakeClioState
 from calltime.fakes.ringcentral import CallSpec
 
 FIRM_ID = "harbor-vale"
 FIRM_NAME = "Harbor & Vale LLP"
-RINGCENTRAL_ACCOUNT = "400100200"
+RINGCENTRAL_ACCOUNT = PHONE_SYSTEMS["ringcentral"].account_id
 FIRM_MAIN_NUMBER = "+13125550100"
 DAY = datetime(2026, 11, 24, 14, 0, tzinfo=timezone.utc)  # 09:00 in New York
 
-ATTORNEYS = [  # name, hourly rate, time zone, RingCentral extension id, extension number
-    ("Dana Whitfield", "350.00", "America/New_York", "62100001", "101"),
-    ("Luis Carranza", "295.00", "America/Chicago", "62100002", "102"),
-    ("Priya Natarajan", "425.00", "America/Denver", "62100003", "103"),
-    ("Owen Brandt", "310.00", "America/Los_Angeles", "62100004", "104"),
+ATTORNEYS = [  # name, hourly rate, time zone, phone system, the user's id there, extension number
+    ("Dana Whitfield", "350.00", "America/New_York", "ringcentral", "62100001", "101"),
+    ("Luis Carranza", "295.00", "America/Chicago", "zoom", "zoom-ext-102", "102"),
+    ("Priya Natarajan", "425.00", "America/Denver", "graph", "8e2f1a3c-5b7d-4e10-9c21-00000000a103", "103"),
+    ("Owen Brandt", "310.00", "America/Los_Angeles", "dialpad", "5810004", "104"),
+    ("Mei Tanaka", "380.00", "America/Phoenix", "vonage", "7100105", "105"),
 ]
 
 CALL_MIX = {  # kind of caller -> number of calls; 85 in all
@@ -45,8 +49,19 @@ class Caller:
 
 @dataclass
 class Directory:
-    attorney_ids: dict[str, str]  # RingCentral extension id -> Clio user id
+    attorney_ids: dict[str, dict[str, str]]  # phone system -> its user id -> Clio user id
     callers: dict[str, list[Caller]]
+
+
+@dataclass(frozen=True)
+class PlacedCall:
+    kind: str
+    provider: str
+    call: SimulatedCall | CallSpec  # RingCentral's simulator takes its own, richer CallSpec
+
+
+def direct_line(index: int) -> str:
+    return f"+1312555{1000 + index}"
 
 
 def _number(rng: random.Random, area: str) -> str:
@@ -55,12 +70,11 @@ def _number(rng: random.Random, area: str) -> str:
 
 def seed_clio(clio: FakeClioState, token: str, rng: random.Random) -> Directory:
     clio.add_firm(FIRM_ID, FIRM_NAME)
-    attorney_ids = {}
-    for index, (name, rate, zone, extension, _extension_number) in enumerate(ATTORNEYS):
+    attorney_ids: dict[str, dict[str, str]] = {}
+    for index, (name, rate, zone, provider, user_id, _extension_number) in enumerate(ATTORNEYS):
         user = clio.add_user(FIRM_ID, name=name, rate=Decimal(rate), time_zone=zone,
-                             phone_number=f"+1312555{1000 + index}",
-                             tokens=[token] if index == 0 else ())
-        attorney_ids[extension] = str(user)
+                             phone_number=direct_line(index), tokens=[token] if index == 0 else ())
+        attorney_ids.setdefault(provider, {})[user_id] = str(user)
     callers: dict[str, list[Caller]] = {kind: [] for kind in CALL_MIX}
     plans = [("one_matter", 20, ["Open"]), ("several_matters", 6, ["Open", "Open", "Closed"]),
              ("no_matter", 4, []), ("closed_matter", 3, ["Closed"])]
@@ -84,25 +98,28 @@ def seed_clio(clio: FakeClioState, token: str, rng: random.Random) -> Directory:
     return Directory(attorney_ids, callers)
 
 
-def day_of_calls(directory: Directory, rng: random.Random) -> list[tuple[str, CallSpec]]:
-    """(kind, call) pairs spread over one business day, attorneys in four time zones."""
+def day_of_calls(directory: Directory, rng: random.Random) -> list[PlacedCall]:
+    """Calls spread over one business day, attorneys in five time zones on five phone systems.
+    A colleague's call is to their direct line, which the directory knows as the firm's own."""
     calls = []
     for kind, count in CALL_MIX.items():
         for i in range(count):
-            name, _rate, _zone, extension, ext_number = rng.choice(ATTORNEYS)
+            index = rng.randrange(len(ATTORNEYS))
+            _name, _rate, _zone, provider, user_id, ext_number = ATTORNEYS[index]
             start = DAY + timedelta(minutes=rng.randint(0, 17 * 60))  # until 07:00 UTC next day
-            talk = rng.randint(40, 45 * 60)
-            spec = dict(account_id=RINGCENTRAL_ACCOUNT, extension_id=extension,
-                        extension_number=ext_number, firm_number=FIRM_MAIN_NUMBER,
-                        started_at=start, talk_seconds=talk,
-                        direction=rng.choice(["inbound", "inbound", "outbound"]))
             if kind == "internal":
-                other = rng.choice([a for a in ATTORNEYS if a[3] != extension])
-                spec.update(other_extension_id=other[3], external_number=other[4])
+                other = direct_line(rng.choice([n for n in range(len(ATTORNEYS)) if n != index]))
             else:
-                spec["external_number"] = directory.callers[kind][i % len(directory.callers[kind])].number
-            if kind == "missed":
-                spec.update(direction="inbound", outcome="missed")
-            calls.append((kind, CallSpec(**spec)))
+                other = directory.callers[kind][i % len(directory.callers[kind])].number
+            direction = "inbound" if kind == "missed" else rng.choice(["inbound", "inbound", "outbound"])
+            call = SimulatedCall(user_id=user_id, user_number=direct_line(index), extension_number=ext_number,
+                                 external_number=other, direction=direction, started_at=start,
+                                 talk_seconds=rng.randint(40, 45 * 60),
+                                 outcome="missed" if kind == "missed" else "answered")
+            if provider == "ringcentral":
+                call = CallSpec(account_id=RINGCENTRAL_ACCOUNT, extension_id=user_id, extension_number=ext_number,
+                                firm_number=FIRM_MAIN_NUMBER, external_number=other, direction=direction,
+                                started_at=start, talk_seconds=call.talk_seconds, outcome=call.outcome)
+            calls.append(PlacedCall(kind, provider, call))
     rng.shuffle(calls)
     return calls
