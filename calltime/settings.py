@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = 0.2
     handler_max_attempts: int = 8
     directory_sync_seconds: float = 900.0
+    # The matcher's public https address, where Clio delivers directory webhooks; empty: no
+    # webhooks, and the periodic sync alone keeps the directory fresh.
+    matcher_public_url: str = ""
     # Reconciliation: how often each firm's provider call log is swept, and how far back.
     reconcile_every_seconds: float = 600.0
     reconcile_window_seconds: float = 2 * 3600.0

@@ -710,6 +710,7 @@ class FakeClioState:
                 "rate_limited": self._stats["rate_limited"],
                 "unauthorized": self._stats["unauthorized"],
                 "server_errors_injected": self._stats["server_errors_injected"],
+                "dropped_after_commit": self._stats["dropped_after_commit"],
                 "oauth_requests": self._stats["oauth_requests"],
                 "by_route": dict(self._by_route),
                 "by_status": dict(self._by_status),
@@ -822,9 +823,11 @@ class FakeClioState:
                 return False, 0.0
             if self.faults.drop_after_commit_n > 0:
                 self.faults.drop_after_commit_n -= 1
+                self._stats["dropped_after_commit"] += 1
                 return True, 0.0
             fraction = self.faults.drop_after_commit_fraction
             if fraction and self._rng.random() < fraction:
+                self._stats["dropped_after_commit"] += 1
                 return True, 0.0
             return False, float(self.faults.delay_after_commit_seconds)
 

@@ -348,8 +348,10 @@ class FakeMyCaseState:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"requests": self._counts["requests"], "rate_limited": self._counts["rate_limited"],
-                    "unauthorized": self._counts["unauthorized"], "by_status": dict(self._by_status),
-                    "by_route": dict(self._by_route)}
+                    "unauthorized": self._counts["unauthorized"],
+                    "server_errors_injected": self._counts["server_errors_injected"],
+                    "dropped_after_commit": self._counts["dropped_after_commit"],
+                    "by_status": dict(self._by_status), "by_route": dict(self._by_route)}
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -370,6 +372,7 @@ class FakeMyCaseState:
                                 headers={"Retry-After": "1"})
             self._take_rate_slot(token)
             if self.faults.fail_fraction_5xx > 0 and self._rng.random() < self.faults.fail_fraction_5xx:
+                self._counts["server_errors_injected"] += 1
                 raise _ApiError(503, "MyCase is down for scheduled maintenance.")
             return self._firms[grant.firm], grant.staff_id
 
@@ -397,7 +400,10 @@ class FakeMyCaseState:
     def _take_drop(self) -> bool:
         with self._lock:
             fraction = self.faults.drop_after_commit_fraction
-            return fraction > 0 and self._rng.random() < fraction
+            drop = fraction > 0 and self._rng.random() < fraction
+            if drop:
+                self._counts["dropped_after_commit"] += 1
+            return drop
 
     def _count_status(self, status: int) -> None:
         with self._lock:

@@ -29,8 +29,7 @@ async def write_and_announce(runtime: Runtime, clients: BillingClients, approved
         billing = await clients.for_firm(firm)
     except (UnknownFirm, MissingSecret, MissingCredential, UnsupportedBillingSystem) as exc:
         raise kafka.PermanentFailure(str(exc)) from exc
-    written = await write_approved(runtime.pool, billing, firm.billing_system, approved)
-    await runtime.publisher.publish(written)
+    await write_approved(runtime.pool, billing, firm.billing_system, approved, announce=runtime.publisher.publish)
 
 
 async def accept_approval(runtime: Runtime, workers: queue.FirmWorkers, approved: DraftApproved) -> None:

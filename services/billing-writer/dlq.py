@@ -57,7 +57,7 @@ async def read_dead_letters(settings: Settings) -> list[DeadLetter]:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+        while await _behind(consumer, partitions, ends):
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for r in records:
@@ -67,6 +67,14 @@ async def read_dead_letters(settings: Settings) -> list[DeadLetter]:
     finally:
         await consumer.stop()
     return list(found.values())
+
+
+async def _behind(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict) -> bool:
+    """Whether any partition is still short of the end offset it had when reading began."""
+    for tp in partitions:
+        if await consumer.position(tp) < ends[tp]:
+            return True
+    return False
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
@@ -133,7 +141,8 @@ async def follow(pool: asyncpg.Pool, letters: list[DeadLetter], wait_seconds: fl
         _show(out, len(letters), counts, elapsed)
         if counts["written"] == len(letters) or elapsed > wait_seconds or (
                 counts["pending"] == 0 and elapsed > 5.0):
-            out.write("\n")
+            if out.isatty():
+                out.write("\n")  # end the line the bar was redrawn on; piped output has one line per poll
             return counts
 
 

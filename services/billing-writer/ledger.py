@@ -12,7 +12,7 @@ from calltime.billing.model import WrittenEntry
 
 @dataclass(frozen=True)
 class LedgerRow:
-    state: str  # intent | written | dead
+    state: str  # intent (queued; with entry_id: recorded, not yet announced) | written | dead
     attempted: bool
     attempts: int
     entry_id: str | None
@@ -55,13 +55,27 @@ async def mark_attempt(conn: asyncpg.Connection, firm_id: str, draft_id: str) ->
         " attempts = attempts + 1 WHERE firm_id = $1 AND draft_id = $2", firm_id, draft_id)
 
 
-async def mark_written(conn: asyncpg.Connection, firm_id: str, draft_id: str,
+async def record_entry(conn: asyncpg.Connection, firm_id: str, draft_id: str,
                        entry: WrittenEntry) -> LedgerRow:
+    """The billing system's ids, committed as soon as they are known. The row stays queued
+    (`intent`) until `entry.written` is out, so a writer killed in between announces the entry
+    on restart instead of leaving it unannounced: the approval's offset was committed long ago."""
     row = await conn.fetchrow(
-        "UPDATE writer.ledger SET state = 'written', entry_id = $3, communication_id = $4,"
+        "UPDATE writer.ledger SET entry_id = $3, communication_id = $4,"
         " written_at = now(), last_error = NULL WHERE firm_id = $1 AND draft_id = $2"
         " RETURNING state, entry_attempted, attempts, entry_id, communication_id, written_at",
         firm_id, draft_id, entry.entry_id, entry.communication_id)
+    return LedgerRow(row["state"], row["entry_attempted"], row["attempts"], row["entry_id"],
+                     row["communication_id"], row["written_at"])
+
+
+async def mark_written(conn: asyncpg.Connection, firm_id: str, draft_id: str) -> LedgerRow:
+    """Done: the entry is recorded and announced."""
+    row = await conn.fetchrow(
+        "UPDATE writer.ledger SET state = 'written', last_error = NULL"
+        " WHERE firm_id = $1 AND draft_id = $2 AND entry_id IS NOT NULL"
+        " RETURNING state, entry_attempted, attempts, entry_id, communication_id, written_at",
+        firm_id, draft_id)
     return LedgerRow(row["state"], row["entry_attempted"], row["attempts"], row["entry_id"],
                      row["communication_id"], row["written_at"])
 

@@ -1,17 +1,19 @@
 """Writing one approved draft into the firm's billing system, exactly once.
 
-1. The ledger row for the draft is created (or found). Written already? Re-announce, done.
+1. The ledger row for the draft is created (or found). Written and announced already? Done.
 2. The attempt is recorded and committed *before* the request goes out.
 3. If an earlier attempt may have landed, the adapter looks the entry up before writing.
-4. The billing system's ids are recorded, then `entry.written` is published.
+4. The billing system's ids are recorded, then `entry.written` is published, then the row is
+   marked written. A row with ids but not yet marked skips straight to the announcement.
 
-A crash anywhere re-runs these steps on redelivery and converges on one entry.
+A crash anywhere leaves the row queued; its next run converges on one entry, announced at least once.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 from calltime import metrics
@@ -51,24 +53,32 @@ class WriteInProgress(Exception):
     """Another writer holds this draft right now (a rebalance mid-request); try again later."""
 
 
-async def write_approved(pool, billing: BillingSystem, system: str,
-                         approved: DraftApproved) -> EntryWritten:
+async def write_approved(pool, billing: BillingSystem, system: str, approved: DraftApproved,
+                         announce: Callable[[EntryWritten], Awaitable[None]] | None = None) -> EntryWritten:
+    """Write the draft's entry once; `announce` (publishing `entry.written`) runs before the row
+    is marked written, still under the draft's lock, so a crash in between announces again."""
     key = (approved.firm_id, approved.draft_id)
     async with pool.acquire() as conn:
         if not await ledger.try_lock(conn, *key):
             raise WriteInProgress(f"draft {approved.draft_id} is being written elsewhere")
         try:
             row = await _write_once(conn, billing, system, approved)
+            written = entry_written(approved, system, row)
+            if row.state != "written":
+                if announce is not None:
+                    await announce(written)
+                await ledger.mark_written(conn, *key)
         finally:
             await ledger.unlock(conn, *key)
-    return entry_written(approved, system, row)
+    return written
 
 
 async def _write_once(conn, billing: BillingSystem, system: str,
                       approved: DraftApproved) -> ledger.LedgerRow:
     key = (approved.firm_id, approved.draft_id)
     row = await ledger.begin(conn, *key, approved.call_id, system)
-    if row.state == "written":
+    if row.state == "written" or row.entry_id is not None:
+        # In the billing system already: at most the announcement is left to do.
         metrics.OUTCOMES.labels(SERVICE, "entry", "already_written").inc()
         return row
     # A dead row comes back through a replay: it resumes, looking before it writes.
@@ -89,7 +99,7 @@ async def _write_once(conn, billing: BillingSystem, system: str,
     except Exception as exc:
         await ledger.mark_failed(conn, *key, repr(exc), permanent=False)
         raise
-    row = await ledger.mark_written(conn, *key, written)
+    row = await ledger.record_entry(conn, *key, written)
     metrics.OUTCOMES.labels(SERVICE, "entry", "written").inc()
     log.info("entry written", extra={"entry_id": written.entry_id, "resumed": row.attempts > 1})
     return row

@@ -1,5 +1,6 @@
 """The matcher service: a Faust agent over `call.ended` that looks the caller up in the firm's
-directory and publishes `call.matched`; plus the directory sync, on a timer and on demand."""
+directory and publishes `call.matched`; plus the directory sync, on a timer, on demand, and on
+Clio's webhooks (`clio_hooks`), whose subscriptions the timer also keeps alive."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from calltime.secrets import MissingSecret
 from calltime.events import CallEnded, CallMatched
 from calltime.firms import UnknownFirm, firm_api_key_valid, load_firm
 from calltime.matcher import directory
+from calltime.matcher.clio_hooks import ClioHooks, webhook_router
 from calltime.matcher.domain import decide
 from calltime.matcher.sync import sync_firm
 from calltime.runtime import Runtime, service_runtime
@@ -46,7 +48,8 @@ async def sync_directory(runtime: Runtime, clients: BillingClients, firm_id: str
     return await sync_firm(runtime.pool, await clients.for_firm(firm), firm_id, firm.phone_region)
 
 
-async def sync_all_periodically(runtime: Runtime, clients: BillingClients, every: float) -> None:
+async def sync_all_periodically(runtime: Runtime, clients: BillingClients, every: float,
+                                hooks: ClioHooks | None = None) -> None:
     while True:
         try:
             firm_ids = [r["firm_id"] for r in await runtime.pool.fetch("SELECT firm_id FROM core.firms")]
@@ -58,6 +61,11 @@ async def sync_all_periodically(runtime: Runtime, clients: BillingClients, every
                 await sync_directory(runtime, clients, firm_id)
             except Exception as exc:  # noqa: BLE001 - one firm's outage must not stop the others
                 log.warning("directory sync failed", extra={"firm_id": firm_id, "error": repr(exc)})
+            if hooks is not None:
+                try:
+                    await hooks.ensure_subscriptions(firm_id)
+                except Exception as exc:  # noqa: BLE001 - retried next round, long before any webhook expires
+                    log.warning("clio webhook upkeep failed", extra={"firm_id": firm_id, "error": repr(exc)})
         await asyncio.sleep(every)
 
 
@@ -99,20 +107,25 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.runtime = runtime
             app.state.billing_clients = BillingClients(runtime.credentials)
             app.state.syncs_running = set()
+            app.state.clio_hooks = ClioHooks(runtime.pool, runtime.credentials, app.state.billing_clients,
+                                             public_url=settings.matcher_public_url or None)
             async with faust_app_running(stream_app):
                 syncing = asyncio.create_task(sync_all_periodically(
-                    runtime, app.state.billing_clients, settings.directory_sync_seconds))
+                    runtime, app.state.billing_clients, settings.directory_sync_seconds,
+                    app.state.clio_hooks))
                 app.state.readiness_checks = runtime.readiness_checks()
                 try:
                     yield
                 finally:
                     syncing.cancel()
                     await asyncio.gather(syncing, return_exceptions=True)
+                    await app.state.clio_hooks.aclose()
 
     api = FastAPI(title="calltime matcher", lifespan=lifespan)
     web.guard_http_edge(api, SERVICE, 16 * 1024)
     api.include_router(web.ops_router())
     api.include_router(directory_router())
+    api.include_router(webhook_router())
     return api
 
 

@@ -60,11 +60,17 @@ async def save_users(conn: asyncpg.Connection, firm_id: str, users: list[Billing
 
 async def save_contact(conn: asyncpg.Connection, firm_id: str, contact: DirectoryContact,
                        region: str) -> None:
-    await conn.execute(
+    # A sync that read the contact just before it was deleted must not write it back.
+    kept = await conn.fetchval(
         "INSERT INTO directory.contacts (firm_id, contact_id, name, is_client)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (firm_id, contact_id) DO UPDATE SET"
-        " name = EXCLUDED.name, is_client = EXCLUDED.is_client",
+        " SELECT $1::text, $2::text, $3::text, $4::boolean WHERE NOT EXISTS ("
+        "  SELECT 1 FROM directory.deletions"
+        "  WHERE firm_id = $1 AND resource = 'contact' AND record_id = $2)"
+        " ON CONFLICT (firm_id, contact_id) DO UPDATE SET"
+        " name = EXCLUDED.name, is_client = EXCLUDED.is_client RETURNING true",
         firm_id, contact.contact_id, contact.name, contact.is_client)
+    if not kept:
+        return
     # The contact's numbers are replaced whole: a changed number must stop matching.
     await conn.execute("DELETE FROM directory.contact_numbers WHERE firm_id = $1 AND contact_id = $2",
                        firm_id, contact.contact_id)
@@ -79,11 +85,60 @@ async def save_matter(conn: asyncpg.Connection, firm_id: str, matter: DirectoryM
     await conn.execute(
         "INSERT INTO directory.matters"
         " (firm_id, matter_id, client_id, display_number, description, status)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (firm_id, matter_id) DO UPDATE SET"
+        " SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text WHERE NOT EXISTS ("
+        "  SELECT 1 FROM directory.deletions"
+        "  WHERE firm_id = $1 AND resource = 'matter' AND record_id = $2)"
+        " ON CONFLICT (firm_id, matter_id) DO UPDATE SET"
         " client_id = EXCLUDED.client_id, display_number = EXCLUDED.display_number,"
         " description = EXCLUDED.description, status = EXCLUDED.status",
         firm_id, matter.matter_id, matter.client_id, matter.display_number,
         matter.description, matter.status)
+
+
+DELETABLE = ("contact", "matter")
+
+
+async def record_deletion(conn: asyncpg.Connection, firm_id: str, resource: str, record_id: str) -> None:
+    """Remove a record the billing system reports deleted (an incremental sync never sees deletions).
+
+    The tombstone commits before the rows go: a sync write that started earlier and lands later is
+    then either refused by `save_*` or removed by `purge_deleted` at the end of that sync."""
+    if resource not in DELETABLE:
+        raise ValueError(f"cannot delete a {resource!r} from the directory")
+    if conn.is_in_transaction():
+        raise RuntimeError("record_deletion commits the tombstone on its own; call it outside a transaction")
+    await conn.execute(
+        "INSERT INTO directory.deletions (firm_id, resource, record_id) VALUES ($1, $2, $3)"
+        " ON CONFLICT DO NOTHING", firm_id, resource, record_id)
+    if resource == "contact":
+        # The contact row first: the look-up joins numbers to it, so its numbers stop matching at once.
+        await conn.execute("DELETE FROM directory.contacts WHERE firm_id = $1 AND contact_id = $2",
+                           firm_id, record_id)
+        await conn.execute("DELETE FROM directory.contact_numbers WHERE firm_id = $1 AND contact_id = $2",
+                           firm_id, record_id)
+    else:
+        await conn.execute("DELETE FROM directory.matters WHERE firm_id = $1 AND matter_id = $2",
+                           firm_id, record_id)
+
+
+async def forget_deletion(conn: asyncpg.Connection, firm_id: str, resource: str, record_id: str) -> None:
+    """The billing system says the record exists again (restored): let syncs write it."""
+    await conn.execute(
+        "DELETE FROM directory.deletions WHERE firm_id = $1 AND resource = $2 AND record_id = $3",
+        firm_id, resource, record_id)
+
+
+async def purge_deleted(conn: asyncpg.Connection, firm_id: str) -> None:
+    """Drop rows a sync wrote back after their deletion was recorded (see `record_deletion`)."""
+    await conn.execute(
+        "DELETE FROM directory.contacts c USING directory.deletions d WHERE c.firm_id = $1"
+        " AND d.firm_id = $1 AND d.resource = 'contact' AND d.record_id = c.contact_id", firm_id)
+    await conn.execute(
+        "DELETE FROM directory.contact_numbers n USING directory.deletions d WHERE n.firm_id = $1"
+        " AND d.firm_id = $1 AND d.resource = 'contact' AND d.record_id = n.contact_id", firm_id)
+    await conn.execute(
+        "DELETE FROM directory.matters m USING directory.deletions d WHERE m.firm_id = $1"
+        " AND d.firm_id = $1 AND d.resource = 'matter' AND d.record_id = m.matter_id", firm_id)
 
 
 async def synced_at(conn: asyncpg.Connection, firm_id: str, resource: str) -> datetime | None:

@@ -1,5 +1,6 @@
 """Directory sync: pulls users, contacts and matters from the firm's billing system into the
-`directory` tables — everything the first time, then only what changed since the last sync."""
+`directory` tables — everything the first time, then only what changed since the last sync.
+Deletions are invisible to it; they arrive by webhook (`clio_hooks`) and are never written back."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ async def sync_firm(pool: asyncpg.Pool, billing: BillingSystem, firm_id: str,
         async for matter in billing.iter_matters(updated_since=since):
             await directory.save_matter(conn, firm_id, matter)
             matters += 1
+        await directory.purge_deleted(conn, firm_id)
         await directory.mark_synced(conn, firm_id, "directory", started - CLOCK_SKEW_MARGIN)
     report = SyncReport(firm_id, len(users), contacts, matters, since is not None)
     log.info("directory synced", extra={"firm_id": firm_id, "users": report.users,
