@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 
 
 class MissingCredential(LookupError):
@@ -48,13 +49,20 @@ class Sealer:
     """AES-GCM with the firm and credential name as associated data."""
 
     def __init__(self, key_b64: str) -> None:
+        if not isinstance(key_b64, (str, bytes)) or not key_b64.strip():
+            raise ValueError("the credentials key is not set"
+                             " (CALLTIME_CREDENTIALS_KEY: base64 of 32 random bytes)")
         try:
-            key = base64.b64decode(key_b64, validate=True)
+            # Surrounding whitespace is a trailing newline from a secrets file, not part of the key.
+            key = base64.b64decode(key_b64.strip(), validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("the credentials key must be base64") from None
         if len(key) != 32:
             raise ValueError("the credentials key must be 32 bytes (base64 of 32 random bytes)")
         self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return "Sealer(<key hidden>)"
 
     def seal(self, firm_id: str, name: str, value: Mapping[str, Any]) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)
@@ -62,6 +70,9 @@ class Sealer:
         return nonce + self._aead.encrypt(nonce, plain, _aad(firm_id, name))
 
     def open(self, firm_id: str, name: str, sealed: bytes) -> dict[str, Any]:
+        if len(sealed) < _NONCE_BYTES + _TAG_BYTES:
+            # A truncated row would otherwise surface as AESGCM's "Nonce must be ..." ValueError.
+            raise CredentialCorrupt(f"credential {name!r} of firm {firm_id!r} is truncated")
         try:
             plain = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _aad(firm_id, name))
         except InvalidTag:

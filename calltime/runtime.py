@@ -39,6 +39,9 @@ class Runtime:
 async def service_runtime(settings: Settings, service: str) -> AsyncIterator[Runtime]:
     logs.configure(service, settings.log_level)
     pool = await db.create_pool(settings.database_url)
+    # Credentials get their own small pool: a billing write holds a connection from the main
+    # pool while its token may need refreshing, which must never wait on that same pool.
+    credentials_pool = await db.create_pool(settings.database_url, min_size=1, max_size=3)
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn)
@@ -46,10 +49,11 @@ async def service_runtime(settings: Settings, service: str) -> AsyncIterator[Run
         publisher = Publisher(settings, service)
         await publisher.start()
         try:
-            yield Runtime(settings, service, pool, publisher, credential_store(settings, pool))
+            yield Runtime(settings, service, pool, publisher, credential_store(settings, credentials_pool))
         finally:
             await publisher.stop()
     finally:
+        await credentials_pool.close()
         await pool.close()
 
 

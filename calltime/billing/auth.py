@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import httpx
 
 from calltime.billing.errors import AuthenticationError, TransientBillingError
-from calltime.credentials import CredentialStore
+from calltime.credentials import CredentialStore, MissingCredential
 
 
 class AccessTokens(Protocol):
@@ -84,22 +84,32 @@ class OAuthSession:
 
     async def _refresh(self, stale: str) -> str:
         async with self._lock:
+            # Read before the row lock is taken, so a refresh never holds two pool connections at once
+            # (with a pool of one, or one exhausted by writers, the second would never come).
+            client = await self._client()
             async with self.store.exclusive(self.firm_id, self.name) as (conn, current):
                 tokens = dict(current.value)
                 if tokens["access_token"] != stale and not self._expiring(tokens):
                     self._cached = tokens  # someone else refreshed while we waited
                     return tokens["access_token"]
-                fresh = await self._exchange(tokens)
+                fresh = await self._exchange(tokens, client)
                 await self.store.put(self.firm_id, self.name, fresh, conn=conn)
             self._cached = fresh
             self.refreshes += 1
             return fresh["access_token"]
 
-    async def _exchange(self, tokens: dict[str, Any]) -> dict[str, Any]:
+    async def _client(self) -> dict[str, Any]:
+        try:
+            return dict((await self.store.get(self.firm_id, f"{self.name}.client")).value)
+        except MissingCredential:
+            # Without the app's id and secret no refresh is possible; retrying will not change that.
+            raise AuthenticationError(f"no OAuth client credentials ({self.name}.client): the firm must"
+                                      " re-authorise", status=401) from None
+
+    async def _exchange(self, tokens: dict[str, Any], client: dict[str, Any]) -> dict[str, Any]:
         refresh_token = tokens.get("refresh_token")
         if not refresh_token:
             raise AuthenticationError("no refresh token: the firm must re-authorise", status=401)
-        client = (await self.store.get(self.firm_id, f"{self.name}.client")).value
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         auth = None
         if self.client_auth == "basic":

@@ -3,7 +3,10 @@
 Two sources of knowledge, both used when present:
 - the server's own count (`X-RateLimit-Remaining` / `X-RateLimit-Reset`, as Clio sends), and
 - the documented allowance (`limit` requests per `window` seconds: MyCase 25/s, Smokeball 5/s),
-  kept as a sliding window of our own send times.
+  kept as a sliding window of our own requests. The server counts a request when it admits it,
+  somewhere between our send and its answer, so a request whose answer we saw (`observe`) holds
+  its slot until answer + window: counting from the send time let the next request in a few
+  milliseconds too early whenever that one reached the server faster (MyCase 429s, issue 4).
 Share one gate between every client that uses the same token; each firm has its own gate, so one
 firm's backlog never waits on another firm's allowance.
 """
@@ -42,7 +45,9 @@ class RateGate:
         self._reset_at: float | None = None
         self._limit = limit
         self._window = window_seconds
-        self._sent: collections.deque[float] = collections.deque()
+        # Requests not yet answered, by send time, and the answer times of the others (see observe).
+        self._in_flight: collections.deque[float] = collections.deque()
+        self._answered: list[float] = []
         self._remaining_header = remaining_header
         self._reset_header = reset_header
         self._lock = asyncio.Lock()
@@ -63,17 +68,26 @@ class RateGate:
     async def _respect_allowance(self) -> None:
         if self._limit is None:
             return
-        now = self._clock()
-        while self._sent and self._sent[0] <= now - self._window:
-            self._sent.popleft()
-        if len(self._sent) >= self._limit:
-            wait = self._sent[0] + self._window - now
-            if wait > 0:
-                await self._sleep(wait)
-            self._sent.popleft()
-        self._sent.append(self._clock())
+        # Checked again after a sleep, which can end a hair before the clock says it should; a few
+        # rounds at most, so a clock that does not move with the sleep cannot hold us here for ever.
+        for _ in range(3):
+            horizon = self._clock() - self._window
+            # A request never answered (a transport error, or a client that does not observe) frees
+            # its slot a window after it was sent, as a send-time window would.
+            while self._in_flight and self._in_flight[0] <= horizon:
+                self._in_flight.popleft()
+            self._answered = [t for t in self._answered if t > horizon]
+            if len(self._in_flight) + len(self._answered) < self._limit:
+                break
+            await self._sleep(max(min(self._answered + list(self._in_flight)) - horizon, 0.001))
+        self._in_flight.append(self._clock())
 
     def observe(self, headers: httpx.Headers) -> None:
+        if self._limit is not None and self._in_flight:
+            # Which request this answer belongs to does not matter: each answer turns one send time
+            # into one answer time, so the set of slot times is the same as if we knew.
+            self._in_flight.popleft()
+            self._answered.append(self._clock())
         try:
             remaining = int(headers[self._remaining_header])
             reset_at = float(headers[self._reset_header])

@@ -52,6 +52,38 @@ def _decode(value: bytes, headers: list[str]) -> DraftApproved:
     return codec.decode(value, pairs)
 
 
+class FirmLocks:
+    """Which writer process drains which firm: a session-level advisory lock per firm, all held on
+    one connection per process, so a firm is paced by one process (its token's allowance is not
+    raced for) and a killed process's firms are free the moment its session ends."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._conn: asyncpg.Connection | None = None
+        self._guard = asyncio.Lock()  # one query at a time on the shared connection
+
+    async def claim(self, firm_id: str) -> bool:
+        return await self._run("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", firm_id)
+
+    async def release(self, firm_id: str) -> None:
+        await self._run("SELECT pg_advisory_unlock(hashtextextended($1, 0))", firm_id)
+
+    async def _run(self, query: str, firm_id: str) -> bool:
+        async with self._guard:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await self.pool.acquire()
+            try:
+                return bool(await self._conn.fetchval(query, f"writer-firm/{firm_id}"))
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+                await self.close()  # locks went with the session; the next claim starts afresh
+                raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self.pool.release(conn)
+
+
 class FirmWorkers:
     """One draining task per firm with queued approvals, started on demand and on boot."""
 
@@ -60,6 +92,7 @@ class FirmWorkers:
         self.write = write
         self.publisher = publisher
         self.idle_seconds = idle_seconds
+        self.locks = FirmLocks(pool)
         self.tasks: dict[str, asyncio.Task] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
         self._watch: asyncio.Task | None = None
@@ -73,6 +106,7 @@ class FirmWorkers:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.locks.close()
 
     def wake(self, firm_id: str) -> None:
         self.wakeups.setdefault(firm_id, asyncio.Event()).set()
@@ -97,8 +131,12 @@ class FirmWorkers:
         while True:
             wakeup.clear()
             try:
-                while await self.drain_one(firm_id):
-                    pass
+                if await self.locks.claim(firm_id):  # else another writer process drains this firm
+                    try:
+                        while await self.drain_one(firm_id):
+                            pass
+                    finally:
+                        await self.locks.release(firm_id)
             except Exception as exc:  # noqa: BLE001 - keep the worker alive; the row stays queued
                 log.warning("firm worker round failed", extra={"firm_id": firm_id, "error": repr(exc)})
             try:
