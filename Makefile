@@ -8,7 +8,7 @@ demo:
 
 test:
 	./deploy/bootstrap.sh
-	.venv/bin/ruff check calltime services fakes demo deploy tests
+	.venv/bin/ruff check calltime services fakes demo deploy tests bench
 	.venv/bin/python deploy/devstack.py up >/dev/null
 	.venv/bin/python -m pytest -q
 

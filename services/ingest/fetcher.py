@@ -14,12 +14,12 @@ import asyncpg
 from calltime import metrics
 from calltime.credentials import CredentialStore
 from calltime.ingest import domain, intake, store
-from calltime.ingest.call_logs.port import CallLogError
 from calltime.ingest.providers import registry
 from calltime.logs import bound
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(minutes=30)
+SETTLE_RETRY_SECONDS = 30.0
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -57,44 +57,57 @@ class RecordFetcher:
             await asyncio.sleep(self.poll_seconds)
 
     async def fetch_due(self, limit: int = 20) -> int:
-        """One round: fetch up to `limit` due records; returns how many were attempted."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        """One round: fetch up to `limit` due records, each on its own; returns how many."""
+        async with self.pool.acquire() as conn:
             due = await store.claim_due_fetches(conn, limit)
-            for item in due:
-                with bound(firm_id=item.firm_id, call_id=domain.call_id_for(item.provider, item.record_id)):
-                    await self._fetch_one(conn, item)
+        for item in due:
+            with bound(firm_id=item.firm_id, call_id=domain.call_id_for(item.provider, item.record_id)):
+                await self._fetch_one(item)
         return len(due)
 
     async def settle_due(self, limit: int = 50) -> int:
-        """Announce the calls whose quiet period is over; returns how many."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        """Announce the calls whose quiet period is over, each in its own transaction; returns how many."""
+        async with self.pool.acquire() as conn:
             due = await store.claim_due_settles(conn, limit)
-            for firm_id, provider, provider_call_id in due:
-                with bound(firm_id=firm_id, call_id=domain.call_id_for(provider, provider_call_id)):
-                    record = await store.load_account(self.credentials, firm_id, provider)
-                    if record is None:
-                        continue
-                    await store.lock_call(conn, firm_id, provider, provider_call_id)
-                    status = await intake.settle_call(conn, registry.adapter(provider), record.account,
-                                                      provider_call_id, quiet_period_over=True)
-                    log.info("call settled", extra={"status": status})
+        for firm_id, provider, provider_call_id in due:
+            with bound(firm_id=firm_id, call_id=domain.call_id_for(provider, provider_call_id)):
+                try:
+                    await self._settle_one(firm_id, provider, provider_call_id)
+                except Exception as exc:  # noqa: BLE001 - one bad call must not hold up the others
+                    log.error("settling a call failed; will retry", extra={"error": repr(exc)})
+                    async with self.pool.acquire() as conn:
+                        await store.schedule_settle(conn, firm_id, provider, provider_call_id,
+                                                    SETTLE_RETRY_SECONDS)
         return len(due)
 
-    async def _fetch_one(self, conn: asyncpg.Connection, item: store.DueFetch) -> None:
+    async def _settle_one(self, firm_id: str, provider: str, provider_call_id: str) -> None:
+        record = await store.load_account(self.credentials, firm_id, provider)
+        if record is None:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.lock_call(conn, firm_id, provider, provider_call_id)
+            status = await intake.settle_call(conn, registry.adapter(provider), record.account,
+                                              provider_call_id, quiet_period_over=True)
+        log.info("call settled", extra={"status": status})
+
+    async def _fetch_one(self, item: store.DueFetch) -> None:
         try:
             record, source = await self._source(item.firm_id, item.provider)
             raw = await source.fetch_record(item.record_id)
-        except (CallLogError, LookupError) as exc:
+            adapter = registry.adapter(item.provider)
+            notice = adapter.record_notice(raw, record.account)
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store.lock_call(conn, item.firm_id, item.provider, notice.provider_call_id)
+                await store.record_notice(conn, item.firm_id, item.provider, notice)
+                status = await intake.settle_call(conn, adapter, record.account, notice.provider_call_id)
+                await store.fetch_done(conn, item)
+        except Exception as exc:  # noqa: BLE001 - the provider, the record or the database: retry later
             metrics.OUTCOMES.labels(intake.SERVICE, "record_fetch", "failed").inc()
-            log.warning("record fetch failed; will retry", extra={"error": str(exc), "attempts": item.attempts})
-            await store.fetch_failed(conn, item, str(exc), datetime.now(timezone.utc) + retry_delay(item.attempts))
+            log.warning("record fetch failed; will retry", extra={"error": repr(exc), "attempts": item.attempts})
+            async with self.pool.acquire() as conn:
+                await store.fetch_failed(conn, item, repr(exc),
+                                         datetime.now(timezone.utc) + retry_delay(item.attempts))
             return
-        adapter = registry.adapter(item.provider)
-        notice = adapter.record_notice(raw, record.account)
-        await store.lock_call(conn, item.firm_id, item.provider, notice.provider_call_id)
-        await store.record_notice(conn, item.firm_id, item.provider, notice)
-        status = await intake.settle_call(conn, adapter, record.account, notice.provider_call_id)
-        await store.fetch_done(conn, item)
         log.info("record fetched", extra={"status": status})
 
     async def _source(self, firm_id: str, provider: str):

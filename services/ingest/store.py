@@ -128,11 +128,16 @@ class DueFetch:
     attempts: int
 
 
-async def claim_due_fetches(conn: asyncpg.Connection, limit: int) -> Sequence[DueFetch]:
-    """Due fetches, row-locked for the caller's transaction (other workers skip them)."""
+async def claim_due_fetches(conn: asyncpg.Connection, limit: int, lease_seconds: float = 60.0
+                            ) -> Sequence[DueFetch]:
+    """Due fetches, leased to the caller by pushing their due time back: no row lock is held
+    while the record is fetched (a webhook scheduling the same fetch must never wait on it),
+    and a worker that dies mid-fetch leaves them due again when the lease runs out."""
     rows = await conn.fetch(
-        "SELECT firm_id, provider, record_id, attempts FROM ingest.record_fetches"
-        " WHERE due_at <= now() ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+        "UPDATE ingest.record_fetches SET due_at = now() + make_interval(secs => $2)"
+        " WHERE (firm_id, provider, record_id) IN (SELECT firm_id, provider, record_id"
+        " FROM ingest.record_fetches WHERE due_at <= now() ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        " RETURNING firm_id, provider, record_id, attempts", limit, lease_seconds)
     return [DueFetch(**dict(r)) for r in rows]
 
 

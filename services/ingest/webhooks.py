@@ -6,23 +6,36 @@ and store nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime, timezone
 
+import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from calltime import metrics
 from calltime.ingest import domain, intake, store
 from calltime.ingest.providers import registry
-from calltime.ingest.providers.model import InvalidNotification, Refused, WebhookRequest
+from calltime.ingest.providers.model import (
+    Account,
+    InvalidNotification,
+    Notice,
+    PhoneProvider,
+    Refused,
+    WebhookRequest,
+)
 from calltime.logs import bound
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["webhooks"])
 SERVICE = intake.SERVICE
 ACCOUNT_CACHE_SECONDS = 30.0
+# A deadlock or serialization failure rolls the whole intake transaction back; PostgreSQL's
+# advice is to run it again. (A Graph re-delivery that races the fetch of its record deadlocks:
+# the fetcher holds the record_fetches row and waits for the call's lock, the webhook the reverse.)
+INTAKE_ATTEMPTS = 3
 
 
 class AccountCache:
@@ -41,6 +54,18 @@ class AccountCache:
         if record is not None:  # made-up firm ids must not grow the cache
             self.entries[key] = (time.monotonic(), record)
         return record
+
+
+async def _accept(request: Request, adapter: PhoneProvider, account: Account, notices: list[Notice]) -> list[str]:
+    for attempt in range(1, INTAKE_ATTEMPTS + 1):
+        try:
+            return await intake.accept_notices(request.app.state.runtime.pool, adapter, account, notices)
+        except asyncpg.TransactionRollbackError:  # deadlock or serialization failure: nothing kept
+            if attempt == INTAKE_ATTEMPTS:
+                raise
+            metrics.OUTCOMES.labels(SERVICE, "webhook", "intake_retried").inc()
+            await asyncio.sleep(0.02 * attempt)
+    raise AssertionError("unreachable")
 
 
 def refuse(status: int, reason: str) -> JSONResponse:
@@ -85,7 +110,17 @@ async def provider_webhook(provider: str, firm_id: str, request: Request) -> Res
         return JSONResponse({"status": "ignored", "reason": "not a finished-call event"})
     call_ids = sorted({domain.call_id_for(provider, n.provider_call_id) for n in notices})
     with bound(firm_id=firm_id, call_id=",".join(call_ids)):
-        statuses = await intake.accept_notices(request.app.state.runtime.pool, adapter,
-                                               record.account, list(notices))
+        try:
+            statuses = await _accept(request, adapter, record.account, list(notices))
+        except InvalidNotification as exc:
+            # Each notice parsed, but the call they complete cannot be billed (see
+            # `checked_call`); the transaction is rolled back, so nothing was stored.
+            log.warning("webhook refused", extra={"provider": provider, "reason": str(exc)})
+            return refuse(400, f"not a {provider} notification: {exc}")
+        except asyncpg.TransactionRollbackError as exc:
+            log.warning("webhook intake kept conflicting; asked to retry", extra={"error": type(exc).__name__})
+            response = refuse(503, "conflicting with concurrent work on the same call; retry")
+            response.headers["Retry-After"] = "1"
+            return response
         log.info("webhook accepted", extra={"provider": provider, "statuses": statuses})
     return JSONResponse({"status": statuses[0] if len(statuses) == 1 else statuses})

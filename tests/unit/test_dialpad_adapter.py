@@ -496,3 +496,40 @@ def test_arbitrary_signed_events_are_refused_invalid_or_read_never_a_crash(
 def test_invalid_notification_reason_names_the_field() -> None:
     with pytest.raises(InvalidNotification, match="date_started"):
         _notices(_jws(_hangup(date_started="soon")))
+
+
+# --- Regressions found by the webhook fuzz (tests/e2e/test_webhook_fuzz.py) --------------------
+
+
+def _signed_raw(payload: bytes, header: bytes = b'{"alg":"HS256","typ":"JWT"}') -> bytes:
+    """A JWS over payload bytes as given: JSON `json.dumps` cannot write, or no JSON at all."""
+    signing_input = f"{_b64url(header)}.{_b64url(payload)}"
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64url(signature)}".encode()
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp"])
+@pytest.mark.parametrize("value", ["1e999999999", "-1e999999999", "1e400"])
+def test_a_numeric_date_past_any_date_is_refused_not_an_overflow(claim: str, value: str) -> None:
+    # Decimal arithmetic on 1e999999999 overflowed the context: a 500 instead of a 401.
+    payload = json.dumps(_hangup()).encode()[:-1] + f',"{claim}":{value}}}'.encode()
+
+    assert _refusal(_signed_raw(payload)).status == 401
+
+
+def test_a_jws_header_nested_deeper_than_the_parser_recurses_is_refused() -> None:
+    header = b"[" * 5000 + b"]" * 5000
+
+    assert _refusal(_signed_raw(json.dumps(_hangup()).encode(), header)).status == 401
+
+
+def test_a_payload_that_is_not_utf8_is_invalid_even_when_signed() -> None:
+    payload = json.dumps(_hangup()).encode().replace(b'"hangup"', b'"hangup\xed\xa0\x80"')
+
+    with pytest.raises(InvalidNotification, match="not JSON"):
+        _notices(_signed_raw(payload))
+
+
+def test_a_hangup_connected_decades_before_it_ended_is_refused_before_it_is_stored() -> None:
+    with pytest.raises(InvalidNotification, match="duration"):
+        _notices(_jws(_hangup(date_started="1", date_connected="1")))

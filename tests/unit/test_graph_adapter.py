@@ -546,3 +546,40 @@ def test_arbitrary_records_are_a_call_none_or_invalid(record: dict[str, Any]) ->
         return
     assert finished is None or finished.duration_seconds >= 0
 
+
+
+# --- Regressions found by the webhook fuzz (tests/e2e/test_webhook_fuzz.py) --------------------
+
+
+def test_a_lone_surrogate_in_client_state_is_unauthenticated_not_a_crash() -> None:
+    # Read before anything is authenticated: the comparison used to encode it and raise.
+    request = _request(_envelope(_item(clientState="\ud800")))
+
+    with pytest.raises(Refused) as refused:
+        ADAPTER.authenticate(request, _account())
+    assert refused.value.status == 401
+
+
+def test_a_lone_surrogate_in_the_tenant_is_another_tenant_not_a_crash() -> None:
+    request = _request(_envelope(_item(tenantId="x\ud83d")))
+
+    with pytest.raises(Refused) as refused:
+        ADAPTER.authenticate(request, _account())
+    assert refused.value.status == 403
+
+
+def test_a_record_that_ends_before_it_starts_is_not_announced() -> None:
+    record = _record(_session(_user(), _phone(), "2024-03-05T14:30:05.0000000Z", "2024-03-05T14:32:00.0000000Z"),
+                     start="2024-03-05T14:30:00.0000000Z", end="2024-03-05T14:00:00.0000000Z")
+
+    with pytest.raises(InvalidNotification, match="ends before it starts"):
+        _finished(record)
+
+
+def test_a_number_holding_a_nul_escape_is_not_announced() -> None:
+    # PostgreSQL text cannot hold NUL: announcing it would fail in the fetcher, out of sight.
+    record = _record(_session(_user(), _phone("+1212555\u00000123"), "2024-03-05T14:30:05.0000000Z",
+                              "2024-03-05T14:32:00.0000000Z"))
+
+    with pytest.raises(InvalidNotification, match="NUL"):
+        _finished(record)

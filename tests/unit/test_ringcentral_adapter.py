@@ -938,3 +938,53 @@ def test_a_lone_hang_up_is_a_finished_call_with_no_connected_time_until_the_answ
     assert call is not None
     assert (call.result, call.duration_seconds, call.last_sequence) == ("missed", 0, 9)
     assert call.ended_at == REFERENCE_CALL.ended_at
+
+
+# --- Regressions found by the webhook fuzz (tests/e2e/test_webhook_fuzz.py) --------------------
+
+
+def test_a_body_nested_deeper_than_the_parser_recurses_is_a_400_not_a_crash() -> None:
+    body = b"[" * 5000 + b"]" * 5000
+    request = _request(body)
+
+    ADAPTER.authenticate(request, _account())  # names no account: nothing to refuse yet
+    with pytest.raises(InvalidNotification, match="not JSON"):
+        ADAPTER.notices(request, _account())
+
+
+def test_a_time_with_no_utc_equivalent_is_invalid_not_a_crash() -> None:
+    envelope = _full_call_envelopes()[-1]
+    envelope["timestamp"] = "0001-01-01T00:00:00.073+01:00"  # valid ISO 8601, before year 1 in UTC
+
+    with pytest.raises(InvalidNotification, match="timestamp is out of range"):
+        _notices(_bytes(envelope))
+
+
+def test_bytes_that_are_not_utf8_are_invalid_even_when_json_would_read_them() -> None:
+    # json.loads(bytes) decodes with 'surrogatepass': these bytes would become "\ud800", which
+    # PostgreSQL and Avro cannot store, and the call would fail after the webhook was answered.
+    body = _bytes(_full_call_envelopes()[-1]).replace(b'"TESTER Babji"', b'"TESTER \xed\xa0\x80"')
+
+    with pytest.raises(InvalidNotification, match="not JSON"):
+        _notices(body)
+
+
+def test_a_session_whose_events_span_millennia_is_not_announced() -> None:
+    envelopes = _full_call_envelopes()
+    envelopes[-2]["body"]["eventTime"] = "9999-12-31T23:59:59.000Z"  # the user's hang-up, ~8,000 years on
+    bodies = [_bytes(e) for e in envelopes]
+
+    with pytest.raises(InvalidNotification, match="duration"):
+        ADAPTER.finished_call(bodies, _account())
+
+
+def test_a_lone_surrogate_escape_in_a_number_is_not_announced() -> None:
+    envelopes = _full_call_envelopes()
+    for envelope in envelopes:
+        for party in envelope["body"]["parties"]:
+            if party["to"].get("phoneNumber") == "+14083388064":
+                party["to"]["phoneNumber"] = "\ud800"
+    bodies = [_bytes(e) for e in envelopes]  # json.dumps writes it as the ASCII escape \ud800
+
+    with pytest.raises(InvalidNotification, match="not UTF-8"):
+        ADAPTER.finished_call(bodies, _account())

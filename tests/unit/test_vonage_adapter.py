@@ -480,3 +480,32 @@ def test_arbitrary_json_bodies_never_raise_anything_else(value: Any) -> None:
         ADAPTER.notices(request, _account())
     except InvalidNotification:
         pass
+
+
+# --- Regressions found by the webhook fuzz (tests/e2e/test_webhook_fuzz.py) --------------------
+
+
+def test_an_event_utf8_cannot_carry_is_unsigned_not_a_crash() -> None:
+    # The signature is checked over the event re-serialised as UTF-8, before anything is
+    # authenticated: a lone surrogate escape made that a UnicodeEncodeError, an unauthenticated 500.
+    event = _final() | {"callerId": "\ud800"}
+
+    with pytest.raises(Refused) as refused:
+        ADAPTER.authenticate(_in_body(event, signature="0" * 64), _account())
+    assert refused.value.status == 401
+
+
+def test_a_signature_utf8_cannot_carry_is_unsigned_not_a_crash() -> None:
+    with pytest.raises(Refused) as refused:
+        ADAPTER.authenticate(_in_body(_final(), signature="\ud800"), _account())
+    assert refused.value.status == 401
+
+
+def test_a_final_event_that_ends_before_it_starts_is_not_announced() -> None:
+    event = _final(endTime="2020-10-01T15:00:00.000+0000")  # an hour before its startTime
+    request = _in_body(event)
+    ADAPTER.authenticate(request, _account())
+    notices = ADAPTER.notices(request, _account())
+
+    with pytest.raises(InvalidNotification, match="ends before it starts"):
+        ADAPTER.finished_call([n.body for n in notices], _account())

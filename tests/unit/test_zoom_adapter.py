@@ -464,3 +464,37 @@ def test_a_call_history_item_without_a_user_of_the_firm_is_not_a_firm_call() -> 
 def test_an_unanswered_call_history_item_has_no_connected_seconds() -> None:
     call = zoom.history_call(_api_item(call_result="voicemail", duration=40), _account())
     assert (call.result, call.duration_seconds) == ("voicemail", 0)
+
+
+# --- Regressions found by the webhook fuzz (tests/e2e/test_webhook_fuzz.py) --------------------
+
+
+def test_a_plain_token_utf8_cannot_carry_is_a_400_not_a_crash() -> None:
+    body = b'{"payload":{"plainToken":"\\ud800"},"event_ts":1,"event":"endpoint.url_validation"}'
+
+    reply = zoom.ADAPTER.handshake(_request(body), _account())
+
+    assert reply is not None and reply.status == 400
+
+
+def test_a_record_lasting_decades_is_not_announced() -> None:
+    # 10^9 s of talk: a JSON integer the parser takes, a call no attorney had (and past what
+    # the event's 32-bit duration could carry a little further up).
+    with pytest.raises(InvalidNotification, match="duration"):
+        _read([_with_talk("zoom_phone.callee_call_element_completed.json", 10**9)])
+
+
+def test_a_record_with_an_empty_call_id_is_not_announced() -> None:
+    envelope = json.loads(_fixture("zoom_phone.callee_call_element_completed.json"))
+    envelope["payload"]["object"]["call_elements"][0]["call_id"] = ""
+
+    with pytest.raises(InvalidNotification, match="call id"):
+        _read([_json(envelope)])
+
+
+def test_a_body_that_is_not_utf8_is_invalid_even_when_signed() -> None:
+    # Inside a field nobody reads: json.loads(bytes) would have taken it as "\ud800" ('surrogatepass').
+    body = _fixture("zoom_phone.callee_ended.json").replace(b'"TestCAP01"', b'"TestCAP\xed\xa0\x80"')
+
+    with pytest.raises(InvalidNotification, match="not JSON"):
+        zoom.ADAPTER.notices(_request(body), _account())

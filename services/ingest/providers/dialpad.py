@@ -44,6 +44,8 @@ from calltime.ingest.providers.model import (
     Refused,
     Reply,
     WebhookRequest,
+    checked_call,
+    json_text,
 )
 from calltime.phone import normalise
 
@@ -55,6 +57,7 @@ SIGNING_ALGORITHM = "HS256"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS_PER_SECOND = 1000
 _LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment a datetime holds
+_LAST_NUMERIC_DATE = Decimal(_LAST_MS // _MS_PER_SECOND + 1)
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _DIGITS = re.compile(r"-?[0-9]{1,19}")
 _USER = "user"
@@ -95,9 +98,9 @@ def verify_signature(body: bytes, secret: str) -> None:
         raise Refused(401, "unsigned JSON body: with a registered secret Dialpad signs every event")
     try:
         header_segment, payload_segment, signature_segment = _segments(body)
-        header = json.loads(_b64url_decode(header_segment))
+        header = json.loads(json_text(_b64url_decode(header_segment)))
         signature = _b64url_decode(signature_segment)
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
         raise Refused(401, f"not a signed Dialpad event: {error}") from None
     if not isinstance(header, dict):
         raise Refused(401, "JWS header is not a JSON object")
@@ -136,7 +139,10 @@ def _seconds_since_epoch(moment: datetime) -> Decimal:
 
 
 def _numeric_date(value: Any, name: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+    # Past year 9999 a NumericDate names no date, and arithmetic on `1e999999999` would overflow
+    # the decimal context (a 500) instead of refusing the token.
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or not Decimal(value).is_finite() \
+            or Decimal(value).copy_abs() > _LAST_NUMERIC_DATE:  # copy_abs: no context, cannot overflow
         raise Refused(401, f"JWT claim {name} is not a NumericDate")
     return Decimal(value)
 
@@ -160,7 +166,7 @@ def _reject_constant(name: str) -> Any:
 def parse_event(payload: bytes) -> dict[str, Any]:
     """The event object; JSON floats become Decimal so no duration is ever a float."""
     try:
-        event = json.loads(payload, parse_float=Decimal, parse_constant=_reject_constant)
+        event = json.loads(json_text(payload), parse_float=Decimal, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise InvalidNotification(f"event payload is not JSON: {error}") from None
     if not isinstance(event, dict):
@@ -427,8 +433,10 @@ class DialpadProvider:
         if state != HANGUP:
             return []
         leg = parse_leg(event)
-        if to_finished_call(leg, account) is None:
+        call = to_finished_call(leg, account)
+        if call is None:
             return []
+        checked_call(call)  # one hangup tells the whole call: refuse an impossible one before storing it
         return [Notice(dedupe_key=_dedupe_key(leg), provider_call_id=leg.call_id, body=payload)]
 
     def finished_call(self, bodies: Sequence[bytes], account: Account) -> FinishedCall | None:
@@ -441,7 +449,8 @@ class DialpadProvider:
         call_ids = {leg.call_id for leg in legs}
         if len(call_ids) > 1:
             raise ValueError(f"bodies of several Dialpad calls: {sorted(call_ids)}")
-        return to_finished_call(_most_authoritative(hangups), account)
+        call = to_finished_call(_most_authoritative(hangups), account)
+        return None if call is None else checked_call(call)
 
 
 ADAPTER = DialpadProvider()

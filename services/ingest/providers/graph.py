@@ -35,6 +35,8 @@ from calltime.ingest.providers.model import (
     Refused,
     Reply,
     WebhookRequest,
+    checked_call,
+    json_text,
 )
 from calltime.phone import normalise
 
@@ -125,7 +127,8 @@ class GraphProvider:
         if len(ids) > 1:
             raise ValueError(f"records of several calls: {sorted(ids)}")
         latest = max(enumerate(records), key=lambda pair: (pair[1].version, pair[0]))[1]
-        return _call(latest, account)
+        call = _call(latest, account)
+        return None if call is None else checked_call(call)
 
     def record_notice(self, record_json: bytes, account: Account) -> Notice:
         """The fetched record as a notice of its call (see the module function)."""
@@ -174,7 +177,10 @@ def same_tenant(presented: str, expected: str) -> bool:
     """Tenant ids are GUIDs; Graph's casing is not part of their identity."""
     if not expected:
         return False
-    return hmac.compare_digest(presented.strip().lower().encode(), expected.strip().lower().encode())
+    try:
+        return hmac.compare_digest(presented.strip().lower().encode(), expected.strip().lower().encode())
+    except UnicodeEncodeError:  # a lone surrogate escape names no tenant (and is no reason for a 500)
+        return False
 
 
 def parse_graph_time(text: str) -> int:
@@ -216,7 +222,10 @@ def _secret_matches(presented: Any, expected: str) -> bool:
     """Constant-time; an unset secret never matches anything."""
     if not isinstance(presented, str) or not expected:
         return False
-    return hmac.compare_digest(presented.encode(), expected.encode())
+    try:
+        return hmac.compare_digest(presented.encode(), expected.encode())
+    except UnicodeEncodeError:  # "\ud800" in the body, before anything is authenticated
+        return False
 
 
 def _change_notice(item: Mapping[str, Any], where: str) -> Notice | None:
@@ -296,7 +305,7 @@ def _stored_item(item: Mapping[str, Any]) -> bytes:
 def _is_record_body(body: bytes) -> bool:
     """Stored notification items carry `changeType`; everything else stored is a record."""
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(json_text(body))
     except (UnicodeDecodeError, ValueError):
         raise InvalidNotification("a stored body is not JSON") from None
     return isinstance(parsed, dict) and "changeType" not in parsed and "lifecycleEvent" not in parsed
@@ -563,7 +572,7 @@ def _union_length(spans: Iterable[tuple[int, int]]) -> int:
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(json_text(raw))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise InvalidNotification(f"body is not JSON: {type(error).__name__}") from None
 

@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+# What a finished call must be before it is announced (`checked_call`).
+DIRECTIONS = frozenset({"inbound", "outbound", "internal"})
+RESULTS = frozenset({"answered", "missed", "voicemail", "rejected"})
+MAX_CALL_SECONDS = 7 * 24 * 3600  # no call lasts a week: a longer one is a corrupt record
+MAX_PROVIDER_CALL_ID_CHARS = 256
+
 
 class InvalidNotification(ValueError):
     """The body is not a notification of this provider; the message says why (sent as a 400)."""
@@ -92,6 +98,57 @@ class FinishedCall:
     last_sequence: int | None = None  # RingCentral only: the highest `sequence` seen
 
 
+def json_text(raw: bytes) -> str:
+    """A JSON body as text: strictly UTF-8 (RFC 8259 §8.1), a leading BOM tolerated.
+
+    `json.loads(bytes)` would also take UTF-16/32 and, through its 'surrogatepass' decoding,
+    bytes that encode lone surrogates: text PostgreSQL and Avro cannot store, which would then
+    fail long after the webhook was answered. Raises UnicodeDecodeError (a ValueError)."""
+    return bytes(raw).decode("utf-8-sig")
+
+
+def _storable(text: str) -> bool:
+    """PostgreSQL text and Avro strings hold any UTF-8 but NUL; lone surrogates are not UTF-8."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def checked_call(call: FinishedCall) -> FinishedCall:
+    """`call` if the pipeline can store, publish and bill it; else InvalidNotification.
+
+    Every adapter's `finished_call` answers through this, so a notice that parses but completes
+    an impossible call (it ends before it starts, lasts for years, carries a NUL...) is refused
+    with a 400 while its webhook is being answered, rather than accepted and then failing in
+    the quiet-period or outbox machinery, where nobody is there to be told."""
+    problems = []
+    if not isinstance(call.provider_call_id, str) or not 0 < len(call.provider_call_id) <= MAX_PROVIDER_CALL_ID_CHARS:
+        problems.append(f"the call id must be 1 to {MAX_PROVIDER_CALL_ID_CHARS} characters")
+    if call.direction not in DIRECTIONS:
+        problems.append(f"direction {call.direction!r}")
+    if call.result not in RESULTS:
+        problems.append(f"result {call.result!r}")
+    for name in ("provider_call_id", "provider_user_id", "external_number_e164", "external_number_raw",
+                 "internal_number"):
+        value = getattr(call, name)
+        if value is not None and (not isinstance(value, str) or not _storable(value)):
+            problems.append(f"{name} holds a NUL or text that is not UTF-8")
+    if call.started_at.utcoffset() is None or call.ended_at.utcoffset() is None:
+        problems.append("its times carry no UTC offset")
+    elif call.ended_at < call.started_at:
+        problems.append("it ends before it starts")
+    elif isinstance(call.duration_seconds, bool) or not isinstance(call.duration_seconds, int) \
+            or not 0 <= call.duration_seconds <= MAX_CALL_SECONDS:
+        problems.append(f"a duration of {call.duration_seconds!r} s")
+    if problems:
+        raise InvalidNotification(f"not a call that can be billed: {'; '.join(problems)}")
+    return call
+
+
 class PhoneProvider(Protocol):
     """One provider's webhook dialect. Every method is pure (no I/O)."""
 
@@ -117,5 +174,6 @@ class PhoneProvider(Protocol):
 
     def finished_call(self, bodies: Sequence[bytes], account: Account) -> FinishedCall | None:
         """The call as every stored notice of it (in arrival order) now tells it, or None while
-        it is not finished (or, for Graph, until its record has been fetched)."""
+        it is not finished (or, for Graph, until its record has been fetched). What it returns
+        has passed `checked_call` (else InvalidNotification)."""
         ...

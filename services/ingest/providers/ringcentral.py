@@ -29,6 +29,8 @@ from calltime.ingest.providers.model import (
     Refused,
     Reply,
     WebhookRequest,
+    checked_call,
+    json_text,
 )
 from calltime.phone import is_extension, normalise
 
@@ -157,8 +159,8 @@ def parse_notification(raw_body: bytes) -> SessionNotification:
     subscription. Unknown keys are ignored.
     """
     try:
-        envelope = json.loads(raw_body)
-    except (UnicodeDecodeError, ValueError) as error:
+        envelope = json.loads(json_text(raw_body))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise InvalidNotification(f"body is not JSON: {error}") from None
     _require_object(envelope, "notification")
     body = _required(envelope, "body", dict, "")
@@ -251,7 +253,10 @@ def _parse_time(text: str, name: str) -> datetime:
         raise InvalidNotification(f"{name} is not an ISO 8601 time: {text!r}") from None
     if moment.tzinfo is None:
         raise InvalidNotification(f"{name} has no UTC offset: {text!r}")
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is a valid ISO time but no UTC one
+        raise InvalidNotification(f"{name} is out of range in UTC: {text!r}") from None
 
 
 _JSON_NAMES: dict[type, str] = {
@@ -514,7 +519,8 @@ class RingCentral:
         notifications = [parse_notification(body) for body in bodies]
         tracked = firm_extension_ids(notifications, account.account_id,
                                      account.attorneys_by_user)
-        return assemble_call(notifications, tracked, account.phone_region)
+        call = assemble_call(notifications, tracked, account.phone_region)
+        return None if call is None else checked_call(call)
 
 
 ADAPTER = RingCentral()
@@ -539,8 +545,8 @@ def named_account_ids(raw_body: bytes) -> set[str]:
     names nothing here; `notices` rejects it with its reason.
     """
     try:
-        envelope = json.loads(raw_body)
-    except (UnicodeDecodeError, ValueError):
+        envelope = json.loads(json_text(raw_body))
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return set()
     if not isinstance(envelope, dict):
         return set()

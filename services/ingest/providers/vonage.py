@@ -40,6 +40,8 @@ from calltime.ingest.providers.model import (
     Refused,
     Reply,
     WebhookRequest,
+    checked_call,
+    json_text,
 )
 from calltime.phone import normalise
 
@@ -108,8 +110,11 @@ def signature_matches(presented: str | None, event: Mapping[str, Any], signing_k
     """Constant-time comparison; an unset key never matches anything."""
     if presented is None or not signing_key:
         return False
-    expected = sign_event(event, signing_key).encode()
-    return hmac.compare_digest(presented.strip().lower().encode(), expected)
+    try:
+        expected = sign_event(event, signing_key).encode()
+        return hmac.compare_digest(presented.strip().lower().encode(), expected)
+    except UnicodeEncodeError:  # a lone surrogate escape (\ud800), in the event or in
+        return False  # metadata.signature: VIS signs UTF-8 and writes hex, neither holds one
 
 
 # --- Parsing ---------------------------------------------------------------------------------
@@ -160,7 +165,7 @@ def split_external_id(external_id: str) -> tuple[str, str | None]:
 def delivery_parts(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """(event, metadata) of one delivery body; metadata is {} when the policy is not BODY."""
     try:
-        envelope = json.loads(body)
+        envelope = json.loads(json_text(body))
     except (ValueError, RecursionError) as error:
         raise InvalidNotification(f"body is not JSON: {error}") from None
     _require_object(envelope, "body")
@@ -379,12 +384,12 @@ class VonageProvider:
 
     def finished_call(self, bodies: Sequence[bytes], account: Account) -> FinishedCall | None:
         event = authoritative_event([_stored_event(body) for body in bodies])
-        return None if event is None else finished_call_of(event, account.phone_region)
+        return None if event is None else checked_call(finished_call_of(event, account.phone_region))
 
 
 def _stored_event(body: bytes) -> CallEvent:
     try:
-        event = json.loads(body)
+        event = json.loads(json_text(body))
     except (ValueError, RecursionError) as error:
         raise InvalidNotification(f"stored body is not JSON: {error}") from None
     _require_object(event, "event")

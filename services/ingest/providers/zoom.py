@@ -34,6 +34,8 @@ from calltime.ingest.providers.model import (
     Refused,
     Reply,
     WebhookRequest,
+    checked_call,
+    json_text,
 )
 from calltime.phone import is_extension, normalise
 
@@ -126,9 +128,18 @@ def verify_signature(request: WebhookRequest, secret: str) -> None:
 
 def _loads(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return json.loads(json_text(body))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise InvalidNotification(f"body is not JSON: {error}") from None
+
+
+def _utf8(text: str) -> bool:
+    """False for text holding a lone surrogate escape (\ud800), which has no UTF-8 to sign."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _loads_or_none(body: bytes) -> Any:
@@ -154,7 +165,7 @@ class ZoomPhone:
         verify_signature(request, account.webhook_secret)
         payload = envelope.get("payload")
         plain = payload.get("plainToken") if isinstance(payload, dict) else None
-        if not isinstance(plain, str) or not plain:
+        if not isinstance(plain, str) or not plain or not _utf8(plain):
             body = json.dumps({"detail": "payload.plainToken must be a non-empty string"}).encode()
             return Reply(status=400, body=body)
         answer = {"plainToken": plain, "encryptedToken": encrypted_token(account.webhook_secret, plain)}
@@ -198,7 +209,7 @@ class ZoomPhone:
         if len(call_ids) > 1:
             raise ValueError(f"notices of several Zoom calls: {sorted(call_ids)}")
         _, best = max(records.values(), key=lambda a_r: (a_r[1].authority, _answered(a_r[1]), a_r[0]))
-        return to_finished_call(best, account)
+        return checked_call(to_finished_call(best, account))
 
 
 ADAPTER = ZoomPhone()
