@@ -270,13 +270,21 @@ def test_non_hangup_events_need_nothing_but_a_state() -> None:
 @pytest.mark.parametrize("target", [
     {"id": "124", "type": "office", "phone": "+14155551000"},
     {"id": "77", "type": "department"},
-    {"id": "99", "type": "user"},  # a user the firm does not bill for
     None,
 ])
 def test_hangups_of_legs_that_are_not_a_firm_users_are_ignored(target: Any) -> None:
     request = _request(_jws(_hangup(target=target)))
     ADAPTER.authenticate(request, ACCOUNT)
     assert ADAPTER.notices(request, ACCOUNT) == []
+
+
+def test_a_hangup_of_a_user_with_no_attorney_mapping_is_still_a_call_of_that_user() -> None:
+    request = _request(_jws(_hangup(target={"id": "99", "type": "user"})))
+    ADAPTER.authenticate(request, ACCOUNT)
+    notices = ADAPTER.notices(request, ACCOUNT)
+    call = ADAPTER.finished_call([n.body for n in notices], ACCOUNT)
+    assert "99" not in ACCOUNT.attorneys_by_user
+    assert len(notices) == 1 and call is not None and call.provider_user_id == "99"
 
 
 def test_redelivered_hangup_has_the_same_dedupe_key() -> None:

@@ -308,10 +308,12 @@ def is_concluded(leg: CallLeg) -> bool:
 
 
 def firm_user_of(leg: CallLeg, account: Account) -> str | None:
-    """The firm user this leg belongs to: a `user` target the firm maps to an attorney."""
+    """The firm user this leg belongs to: its `user` target. Every user of the Dialpad company is
+    the firm's, mapped to an attorney or not — an unmapped user's call is still announced (and
+    its draft flagged), as with every provider. Office and department legs belong to no one."""
     if leg.target_type != _USER or leg.target_id is None:
         return None
-    return leg.target_id if leg.target_id in account.attorneys_by_user else None
+    return leg.target_id
 
 
 def _end_ms(leg: CallLeg) -> int:
