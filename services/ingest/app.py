@@ -13,7 +13,7 @@ from calltime.ingest import store
 from calltime.ingest.door import SourceLimiter
 from calltime.ingest.fetcher import RecordFetcher
 from calltime.ingest.reconcile import Scheduler
-from calltime.ingest.webhooks import SERVICE, AccountCache, router
+from calltime.ingest.webhooks import SERVICE, router
 from calltime.outbox import OutboxRelay
 from calltime.runtime import service_runtime
 from calltime.settings import Settings
@@ -24,16 +24,17 @@ MAX_BODY_BYTES = 64 * 1024
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with service_runtime(settings, SERVICE) as runtime, OutboxRelay(
-                runtime.pool, runtime.publisher, store.SCHEMA, settings.outbox_poll_seconds), \
-                RecordFetcher(runtime.pool, runtime.credentials), \
-                Scheduler(runtime.pool, runtime.credentials, settings) as scheduler:
-            app.state.runtime = runtime
-            app.state.scheduler = scheduler
-            app.state.accounts = AccountCache(runtime.credentials)
-            app.state.door = SourceLimiter(settings.webhook_rate_per_second, settings.webhook_burst)
-            app.state.readiness_checks = runtime.readiness_checks()
-            yield
+        async with service_runtime(settings, SERVICE) as runtime:
+            accounts = store.AccountCache(runtime.credentials)
+            async with OutboxRelay(runtime.pool, runtime.publisher, store.SCHEMA, settings.outbox_poll_seconds), \
+                    RecordFetcher(runtime.pool, runtime.credentials, accounts=accounts), \
+                    Scheduler(runtime.pool, runtime.credentials, settings) as scheduler:
+                app.state.runtime = runtime
+                app.state.scheduler = scheduler
+                app.state.accounts = accounts
+                app.state.door = SourceLimiter(settings.webhook_rate_per_second, settings.webhook_burst)
+                app.state.readiness_checks = runtime.readiness_checks()
+                yield
 
     app = FastAPI(title="calltime ingest", lifespan=lifespan)
     web.guard_http_edge(app, SERVICE, MAX_BODY_BYTES)

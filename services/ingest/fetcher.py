@@ -28,9 +28,10 @@ def retry_delay(attempts: int) -> timedelta:
 
 class RecordFetcher:
     def __init__(self, pool: asyncpg.Pool, credentials: CredentialStore, *, poll_seconds: float = 0.25,
-                 http=None) -> None:
+                 http=None, accounts: store.AccountCache | None = None) -> None:
         self.pool = pool
         self.credentials = credentials
+        self.accounts = accounts or store.AccountCache(credentials)
         self.poll_seconds = poll_seconds
         self.http = http
         self._sources: dict[tuple[str, str], object] = {}
@@ -81,7 +82,7 @@ class RecordFetcher:
         return len(due)
 
     async def _settle_one(self, firm_id: str, provider: str, provider_call_id: str) -> None:
-        record = await store.load_account(self.credentials, firm_id, provider)
+        record = await self.accounts.get(firm_id, provider)
         if record is None:
             return
         async with self.pool.acquire() as conn, conn.transaction():

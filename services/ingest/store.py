@@ -4,6 +4,7 @@ already announced, records still to fetch, and the outbox that carries `call.end
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ from calltime.events import CallEnded
 from calltime.ingest.providers.model import Account, Notice
 
 SCHEMA = "ingest"
+ACCOUNT_CACHE_SECONDS = 30.0
 
 
 def webhook_credential(provider: str) -> str:
@@ -54,6 +56,24 @@ async def load_account(credentials: CredentialStore, firm_id: str, provider: str
                       webhook_secret=secret, phone_region=row["phone_region"],
                       attorneys_by_user={u["provider_user_id"]: u["attorney_user_id"] for u in users})
     return AccountRecord(account, row["api_base_url"], row["reconcile"])
+
+
+class AccountCache:
+    """Provider accounts by (firm, provider), secrets opened: read on every webhook, changed rarely."""
+
+    def __init__(self, credentials) -> None:
+        self.credentials = credentials
+        self.entries: dict[tuple[str, str], tuple[float, AccountRecord]] = {}
+
+    async def get(self, firm_id: str, provider: str) -> AccountRecord | None:
+        key = (firm_id, provider)
+        cached = self.entries.get(key)
+        if cached and time.monotonic() - cached[0] < ACCOUNT_CACHE_SECONDS:
+            return cached[1]
+        record = await load_account(self.credentials, firm_id, provider)
+        if record is not None:  # made-up firm ids must not grow the cache
+            self.entries[key] = (time.monotonic(), record)
+        return record
 
 
 async def accounts_to_reconcile(pool: asyncpg.Pool) -> list[tuple[str, str]]:

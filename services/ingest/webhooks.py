@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import datetime, timezone
 
 import asyncpg
@@ -16,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from calltime import metrics
-from calltime.ingest import domain, intake, store
+from calltime.ingest import domain, intake
 from calltime.ingest.providers import registry
 from calltime.ingest.providers.model import (
     Account,
@@ -31,29 +30,10 @@ from calltime.logs import bound
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["webhooks"])
 SERVICE = intake.SERVICE
-ACCOUNT_CACHE_SECONDS = 30.0
 # A deadlock or serialization failure rolls the whole intake transaction back; PostgreSQL's
 # advice is to run it again. (A Graph re-delivery that races the fetch of its record deadlocks:
 # the fetcher holds the record_fetches row and waits for the call's lock, the webhook the reverse.)
 INTAKE_ATTEMPTS = 3
-
-
-class AccountCache:
-    """Provider accounts by (firm, provider), secrets opened: read on every webhook, changed rarely."""
-
-    def __init__(self, credentials) -> None:
-        self.credentials = credentials
-        self.entries: dict[tuple[str, str], tuple[float, store.AccountRecord]] = {}
-
-    async def get(self, firm_id: str, provider: str) -> store.AccountRecord | None:
-        key = (firm_id, provider)
-        cached = self.entries.get(key)
-        if cached and time.monotonic() - cached[0] < ACCOUNT_CACHE_SECONDS:
-            return cached[1]
-        record = await store.load_account(self.credentials, firm_id, provider)
-        if record is not None:  # made-up firm ids must not grow the cache
-            self.entries[key] = (time.monotonic(), record)
-        return record
 
 
 async def _accept(request: Request, adapter: PhoneProvider, account: Account, notices: list[Notice]) -> list[str]:
