@@ -54,6 +54,23 @@ def deliveries(firm_id: str, count: int) -> list[tuple[str, dict[str, str], byte
     return interleaved[:count]
 
 
+async def intake_share(url: str) -> str:
+    """From the service's own histogram: the share of intakes done within each bucket, which
+    separates time in the database transaction from queueing on a busy machine."""
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{url}/metrics")).text
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith('calltime_stage_seconds_bucket{') and 'stage="webhook-intake:ringcentral"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets[le] = float(line.rsplit(" ", 1)[1])
+    total = buckets.get("+Inf", 0.0) or 1.0
+    return ", ".join(f"<= {float(le) * 1000:g} ms {count / total:.2%}" for le, count in buckets.items()
+                     if le in ("0.005", "0.01", "0.025", "0.05", "0.1"))
+
+
 async def main(rates: list[int], seconds: float) -> None:
     kafka = os.environ.get("CALLTIME_KAFKA_BOOTSTRAP", "127.0.0.1:29092")
     database = os.environ.get("CALLTIME_DATABASE_URL", "postgresql://calltime@127.0.0.1:25432/postgres")
@@ -81,6 +98,7 @@ async def main(rates: list[int], seconds: float) -> None:
                   f"  {outcome.percentile(99):6.1f}  {max(outcome.latencies_ms):6.1f}  {ok:5d}"
                   f"  {len(batch) - ok - outcome.errors:7d}  {outcome.errors:6d}  {outcome.late_starts:5d}  {dict(outcome.statuses)}")
             await asyncio.sleep(2)
+        print("server side, the intake transaction (cumulative, all rates):", await intake_share(url))
     finally:
         stack.stop_services()
         await stack.drop_database()

@@ -91,7 +91,8 @@ async def provider_webhook(provider: str, firm_id: str, request: Request) -> Res
     call_ids = sorted({domain.call_id_for(provider, n.provider_call_id) for n in notices})
     with bound(firm_id=firm_id, call_id=",".join(call_ids)):
         try:
-            statuses = await _accept(request, adapter, record.account, list(notices))
+            with metrics.STAGE_SECONDS.labels(SERVICE, f"webhook-intake:{provider}").time():
+                statuses = await _accept(request, adapter, record.account, list(notices))
         except InvalidNotification as exc:
             # Each notice parsed, but the call they complete cannot be billed (see
             # `checked_call`); the transaction is rolled back, so nothing was stored.
