@@ -223,14 +223,17 @@ async def drain_through_writer(system: System, batch: list[DraftApproved], datab
                     await announce(await write_approved(pool, client, system.name, approved))
 
             workers = queue.FirmWorkers(pool, write, dead)
-            while time.time() < deadline:
-                if await workers.drain_one(FIRM):
-                    continue
-                left = await pool.fetchval(
-                    "SELECT count(*) FROM writer.ledger WHERE firm_id = $1 AND state = 'intent'", FIRM)
-                if left == 0:
-                    return
-                await asyncio.sleep(0.2)  # a failed row waits out its backoff before it is due again
+            try:
+                while time.time() < deadline:
+                    # as the service does: only the process holding the firm's lock drains it
+                    await workers.drain(FIRM)
+                    left = await pool.fetchval(
+                        "SELECT count(*) FROM writer.ledger WHERE firm_id = $1 AND state = 'intent'", FIRM)
+                    if left == 0:
+                        return
+                    await asyncio.sleep(0.2)  # a failed row waits out its backoff; another process may hold the firm
+            finally:
+                await workers.locks.close()
 
         start = time.time()
         await asyncio.gather(*(process(p) for p in pools))

@@ -131,18 +131,25 @@ class FirmWorkers:
         while True:
             wakeup.clear()
             try:
-                if await self.locks.claim(firm_id):  # else another writer process drains this firm
-                    try:
-                        while await self.drain_one(firm_id):
-                            pass
-                    finally:
-                        await self.locks.release(firm_id)
+                await self.drain(firm_id)
             except Exception as exc:  # noqa: BLE001 - keep the worker alive; the row stays queued
                 log.warning("firm worker round failed", extra={"firm_id": firm_id, "error": repr(exc)})
             try:
                 await asyncio.wait_for(wakeup.wait(), self.idle_seconds)
             except TimeoutError:
                 pass
+
+    async def drain(self, firm_id: str) -> bool:
+        """Write the firm's due approvals, in order, if no other writer process is draining it;
+        False when another one is."""
+        if not await self.locks.claim(firm_id):
+            return False
+        try:
+            while await self.drain_one(firm_id):
+                pass
+        finally:
+            await self.locks.release(firm_id)
+        return True
 
     async def drain_one(self, firm_id: str) -> bool:
         row = await self.pool.fetchrow(
