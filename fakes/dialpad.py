@@ -23,11 +23,10 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import random
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -38,6 +37,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from calltime.fakes.calls import SimulatedCall
+from calltime.fakes.provider_common import (SlidingWindow, WebhookSimulator, arrange, bearer_token,
+                                            error_answer, require_copies, utc_now)
 
 ALL_STATES = ("calling", "ringing", "connected", "hold", "voicemail", "missed", "hangup")
 DEFAULT_PAGE_SIZE = 10
@@ -215,7 +216,7 @@ class DialpadApiState:
     faults: deque[int] = field(default_factory=deque)
     requests: int = 0
     rate_limited: int = 0
-    _sent: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    _window: SlidingWindow = field(default_factory=SlidingWindow)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_records(self, records: Iterable[dict[str, Any]]) -> None:
@@ -233,24 +234,13 @@ class DialpadApiState:
             self.requests += 1
             if key is None or key not in self.api_keys:
                 return 401, None
-            retry_after = self._take_rate_slot(key)
+            retry_after = self._window.take(key, self.clock(), self.rate_limit, self.rate_window_seconds)
             if retry_after is not None:
                 self.rate_limited += 1
                 return 429, retry_after
             if self.faults:
                 return self.faults.popleft(), None
             return 200, None
-
-    def _take_rate_slot(self, key: str) -> float | None:
-        now = self.clock()
-        sent = self._sent[key]
-        while sent and sent[0] <= now - self.rate_window_seconds:
-            sent.popleft()
-        if len(sent) >= self.rate_limit:
-            oldest = sent[0] if sent else now
-            return oldest + self.rate_window_seconds - now
-        sent.append(now)
-        return None
 
     def page(self, after: int | None, before: int | None, target_id: str | None,
              target_type: str | None, offset: int) -> tuple[list[dict[str, Any]], int | None]:
@@ -284,16 +274,12 @@ def _offset(cursor: str, query: str) -> int:
     return decoded["o"]
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": status, "message": message}}, status_code=status,
-                        headers=headers)
+def _error(status: int, message: str, *, wait: float | None = None) -> JSONResponse:
+    return error_answer(status, {"error": {"code": status, "message": message}}, wait=wait)
 
 
 def _presented_key(request: Request) -> str | None:
-    authorization = request.headers.get("authorization", "")
-    if authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return request.query_params.get("apikey")
+    return bearer_token(request.headers.get("authorization")) or request.query_params.get("apikey")
 
 
 def _int_param(request: Request, name: str) -> int | None:
@@ -310,9 +296,7 @@ def create_api_app(state: DialpadApiState) -> FastAPI:
         if status == 401:
             return _error(401, "Invalid or missing API key")
         if status == 429:
-            assert retry_after is not None
-            return _error(429, "Rate limit exceeded",
-                          {"Retry-After": str(max(1, math.ceil(retry_after)))})
+            return _error(429, "Rate limit exceeded", wait=retry_after)
         if status != 200:
             return _error(status, "Injected fault")
         params = request.query_params
@@ -335,7 +319,7 @@ def create_api_app(state: DialpadApiState) -> FastAPI:
 # --- The simulator -----------------------------------------------------------------------------
 
 
-class DialpadSimulator:
+class DialpadSimulator(WebhookSimulator):
     """Delivers simulated Dialpad call events to `webhook_url` and keeps the call log.
 
     `account_id` is the Dialpad company id; events do not carry it (providers.md §4.2).
@@ -344,40 +328,16 @@ class DialpadSimulator:
     (UNCONFIRMED, providers.md §4.3), to exercise calltime's checks of them.
     """
 
-    def __init__(
-        self,
-        webhook_url: str,
-        webhook_secret: str,
-        *,
-        account_id: str,
-        http: httpx.AsyncClient | None = None,
-        state: DialpadApiState | None = None,
-        call_states: Collection[str] = ALL_STATES,
-        time_claims: bool = False,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-    ) -> None:
-        self.webhook_url = webhook_url
+    def __init__(self, webhook_url: str, webhook_secret: str, *, account_id: str,
+                 http: httpx.AsyncClient | None = None, state: DialpadApiState | None = None,
+                 call_states: Collection[str] = ALL_STATES, time_claims: bool = False,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        super().__init__(webhook_url, account_id, http)
         self._secret = webhook_secret
-        self.account_id = account_id
         self.state = state or DialpadApiState()
         self.call_states = frozenset(call_states)
         self.time_claims = time_claims
         self._clock = clock
-        self._http = http or httpx.AsyncClient()
-        self._owns_http = http is None
-
-    def __repr__(self) -> str:
-        return f"DialpadSimulator(webhook_url={self.webhook_url!r}, account_id={self.account_id!r})"
-
-    async def __aenter__(self) -> DialpadSimulator:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     async def handshake(self) -> bool:
         return True  # Dialpad validates no webhook URL (providers.md §4.3)
@@ -402,28 +362,17 @@ class DialpadSimulator:
         issued = int(self._clock().timestamp())
         return {**event, "iat": issued, "exp": issued + int(JWT_LIFETIME.total_seconds())}
 
-    async def place_call(
-        self,
-        call: SimulatedCall,
-        *,
-        deliver: bool = True,
-        shuffle: bool = False,
-        duplicate_each: int = 1,
-        rng: random.Random | None = None,
-    ) -> list[httpx.Response]:
+    async def place_call(self, call: SimulatedCall, *, deliver: bool = True, shuffle: bool = False,
+                         duplicate_each: int = 1, rng: random.Random | None = None) -> list[httpx.Response]:
         """Record `call` in the call log and POST its events (none if `deliver` is False, a
         dropped webhook). `duplicate_each` re-sends each event identically; `shuffle`
         scrambles the order, since Dialpad documents no ordering (providers.md §4.4)."""
-        if duplicate_each < 1:
-            raise ValueError("duplicate_each must be at least 1")
+        require_copies(duplicate_each)
         self.state.add_records(self.call_log_records(call))
         if not deliver:
             return []
-        deliveries = [r for r in self.webhook_requests(call) for _ in range(duplicate_each)]
-        if shuffle:
-            (rng or random.Random()).shuffle(deliveries)
-        return [await self._http.post(self.webhook_url, headers=headers, content=body)
-                for headers, body in deliveries]
+        deliveries = arrange(self.webhook_requests(call), duplicate_each, shuffle, rng)
+        return [await self._post(headers, body) for headers, body in deliveries]
 
 
 def main(argv: list[str] | None = None) -> None:

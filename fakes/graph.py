@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
-import math
 import random
 import re
 import secrets
@@ -34,13 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from calltime.fakes.calls import SimulatedCall
+from calltime.fakes.provider_common import (SlidingWindow, TokenStore, WebhookSimulator, arrange,
+                                            bearer_token, error_answer, form_fields, require_copies,
+                                            utc_now, utc_text)
 
 VALIDATION_DEADLINE_SECONDS = 10.0
 MAX_SUBSCRIPTION_LIFETIME = timedelta(minutes=4230)
@@ -51,14 +52,9 @@ _RECORD_NAMESPACE = uuid.UUID("5b0f6c7e-2f57-4bd4-9b8d-3c7a1f0e9a11")
 _PUBLISH_DELAY = timedelta(minutes=4)  # Graph writes a record minutes after the call
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def graph_time(moment: datetime) -> str:
     """`2020-02-25T18:52:21.2169880Z`, seven fractional digits as Graph writes them."""
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond * 10:07d}Z"
+    return utc_text(moment, digits=7)
 
 
 def parse_time(text: str) -> datetime:
@@ -88,15 +84,15 @@ class GraphApiState:
     rate_limit: int | None = None  # requests per token per window; None: unlimited
     rate_window_seconds: float = 1.0
     token_lifetime_seconds: int = 3599
-    clock: Callable[[], datetime] = _now
+    clock: Callable[[], datetime] = utc_now
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tokens: dict[str, float] = field(default_factory=dict, repr=False)  # token -> monotonic expiry
+    tokens: TokenStore = field(default_factory=TokenStore, repr=False)  # token -> monotonic expiry
     tokens_issued: int = 0
     throttled: int = 0
     requests: list[str] = field(default_factory=list)  # "METHOD /path" of every API call
     injected: list[tuple[int, str | None]] = field(default_factory=list)  # (status, Retry-After)
-    _sent: dict[str, collections.deque[float]] = field(default_factory=dict, repr=False)
+    _window: SlidingWindow = field(default_factory=SlidingWindow, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def put_record(self, record: dict[str, Any]) -> None:
@@ -129,7 +125,7 @@ class GraphApiState:
 # --- The simulator ---------------------------------------------------------------------------
 
 
-class GraphSimulator:
+class GraphSimulator(WebhookSimulator):
     """Stands in for Microsoft Graph towards one firm's webhook endpoint and API state.
 
     Pass `http` (e.g. an `httpx.AsyncClient` on an `ASGITransport`) to skip the network. The
@@ -137,44 +133,21 @@ class GraphSimulator:
     `create_subscription` to go through one); deliveries stop once it has expired.
     """
 
-    def __init__(
-        self,
-        webhook_url: str,
-        webhook_secret: str,
-        *,
-        account_id: str,
-        http: httpx.AsyncClient | None = None,
-        state: GraphApiState | None = None,
-        subscription_id: str | None = None,
-    ) -> None:
-        self.webhook_url = webhook_url
+    def __init__(self, webhook_url: str, webhook_secret: str, *, account_id: str,
+                 http: httpx.AsyncClient | None = None, state: GraphApiState | None = None,
+                 subscription_id: str | None = None) -> None:
+        super().__init__(webhook_url, account_id, http)
         self.webhook_secret = webhook_secret
-        self.account_id = account_id
         self.state = state or GraphApiState(tenant_id=account_id)
-        self._http = http or httpx.AsyncClient()
-        self._owns_http = http is None
         self.subscription_id = subscription_id or str(uuid.uuid4())
         self.state.add_subscription(self._subscription(self.subscription_id, webhook_url))
-
-    def __repr__(self) -> str:
-        return f"GraphSimulator(webhook_url={self.webhook_url!r}, account_id={self.account_id!r})"
-
-    async def __aenter__(self) -> GraphSimulator:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     # --- Handshake and subscriptions ----------------------------------------------------------
 
     async def handshake(self) -> bool:
         """Graph's notification-URL validation; True only if Graph would create the
         subscription (200 within 10 s, text/plain, the URL-decoded token as the body)."""
-        return await validate_notification_url(self._http, self.webhook_url)
+        return await validate_notification_url(self._client(), self.webhook_url)
 
     async def create_subscription(self, *, minutes: int = 4230) -> dict[str, Any]:
         """A new subscription, as Graph creates one: only after the handshake succeeds."""
@@ -273,15 +246,8 @@ class GraphSimulator:
         }
         return _JSON_HEADERS, json.dumps({"value": [item]}).encode()
 
-    async def place_call(
-        self,
-        call: SimulatedCall,
-        *,
-        deliver: bool = True,
-        shuffle: bool = False,
-        duplicate_each: int = 1,
-        rng: random.Random | None = None,
-    ) -> list[httpx.Response]:
+    async def place_call(self, call: SimulatedCall, *, deliver: bool = True, shuffle: bool = False,
+                         duplicate_each: int = 1, rng: random.Random | None = None) -> list[httpx.Response]:
         """Write the call's record (version 1) and notify. `deliver=False` or a lapsed
         subscription: the record exists but no webhook arrives (reconciliation finds it)."""
         self.state.put_record(self.call_record(call, version=1))
@@ -304,17 +270,14 @@ class GraphSimulator:
         return await self._notify(corrected, "updated", deliver, False, duplicate_each, None)
 
     async def _notify(self, call, change_type, deliver, shuffle, duplicate_each, rng) -> list[httpx.Response]:
-        if duplicate_each < 1:
-            raise ValueError("duplicate_each must be at least 1")
+        require_copies(duplicate_each)
         if not deliver or self.state.active_subscription(self.subscription_id) is None:
             return []
-        deliveries = [r for r in self.webhook_requests(call, change_type=change_type) for _ in range(duplicate_each)]
-        if shuffle:
-            (rng or random.Random()).shuffle(deliveries)
+        deliveries = arrange(self.webhook_requests(call, change_type=change_type), duplicate_each, shuffle, rng)
         return [await self.send(headers, body) for headers, body in deliveries]
 
     async def send(self, headers: dict[str, str], body: bytes) -> httpx.Response:
-        return await self._http.post(self.webhook_url, content=body, headers=headers)
+        return await self._post(headers, body)
 
 
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
@@ -399,8 +362,9 @@ def _session(record_id: str, index: int, caller, callee, start: datetime, end: d
 # --- The API ---------------------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def _error(status: int, code: str, message: str, *, wait: float | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return error_answer(status, {"error": {"code": code, "message": message}}, wait=wait, headers=headers)
 
 
 def _filter_bounds(expression: str) -> list[tuple[str, datetime]]:
@@ -431,34 +395,23 @@ def create_api_app(state: GraphApiState) -> FastAPI:
     def authorise(request: Request) -> JSONResponse | None:
         with state.lock:
             state.requests.append(f"{request.method} {request.url.path}")
-            header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            expiry = state.tokens.get(token)
-            if expiry is None or expiry <= time.monotonic():
+            token = bearer_token(request.headers.get("authorization"))
+            now = time.monotonic()
+            if not state.tokens.live(token, now):
                 return _error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
             if state.injected:
                 status, retry_after = state.injected.pop(0)
                 headers = {"Retry-After": retry_after} if retry_after is not None else None
-                return _error(status, "InjectedFault", "simulated fault", headers)
-            return _throttle(token)
-
-    def _throttle(token: str) -> JSONResponse | None:
-        if state.rate_limit is None:
+                return _error(status, "InjectedFault", "simulated fault", headers=headers)
+            wait = state._window.take(token, now, state.rate_limit, state.rate_window_seconds)
+            if wait is not None:
+                state.throttled += 1
+                return _error(429, "TooManyRequests", "Too many requests.", wait=wait)
             return None
-        now = time.monotonic()
-        sent = state._sent.setdefault(token, collections.deque())
-        while sent and sent[0] <= now - state.rate_window_seconds:
-            sent.popleft()
-        if len(sent) >= state.rate_limit:
-            state.throttled += 1
-            wait = max(1, math.ceil(sent[0] + state.rate_window_seconds - now))
-            return _error(429, "TooManyRequests", "Too many requests.", {"Retry-After": str(wait)})
-        sent.append(now)
-        return None
 
     @app.post("/{tenant}/oauth2/v2.0/token")
     async def token(tenant: str, request: Request) -> JSONResponse:
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
+        form = await form_fields(request)
         if tenant != state.tenant_id:
             return JSONResponse({"error": "invalid_tenant", "error_description": "AADSTS90002: Tenant not found."}, 400)
         if form.get("grant_type") != "client_credentials":
@@ -469,9 +422,8 @@ def create_api_app(state: GraphApiState) -> FastAPI:
             return JSONResponse({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}, 401)
         if form.get("scope") != SCOPE:
             return JSONResponse({"error": "invalid_scope"}, 400)
-        issued = secrets.token_urlsafe(24)
         with state.lock:
-            state.tokens[issued] = time.monotonic() + state.token_lifetime_seconds
+            issued = state.tokens.issue(time.monotonic() + state.token_lifetime_seconds)
             state.tokens_issued += 1
         lifetime = state.token_lifetime_seconds
         return JSONResponse({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
@@ -503,42 +455,48 @@ def create_api_app(state: GraphApiState) -> FastAPI:
 
     @app.get("/v1.0/communications/callRecords/{record_id}")
     async def get_record(record_id: str, request: Request) -> JSONResponse:
-        if (refusal := authorise(request)) is not None:
-            return refusal
-        record = _retained_record(record_id)
-        if record is None:
-            return _error(404, "NotFound", f"callRecord {record_id} not found")
+        record = _authorised_record(request, record_id)
+        if isinstance(record, JSONResponse):
+            return record
         if "sessions" not in request.query_params.get("$expand", ""):
             return JSONResponse(_listed(record))
-        body = dict(record)
-        size = state.sessions_page_size
-        body["sessions"] = record["sessions"][:size]
-        if len(record["sessions"]) > size:
-            body["sessions@odata.nextLink"] = _sessions_link(request, record_id, size)
+        sessions, link = _sessions_page(request, record_id, record, 0)
+        body = {**record, "sessions": sessions}
+        if link is not None:
+            body["sessions@odata.nextLink"] = link
         return JSONResponse(body)
 
     @app.get("/v1.0/communications/callRecords/{record_id}/sessions")
     async def get_sessions(record_id: str, request: Request) -> JSONResponse:
-        if (refusal := authorise(request)) is not None:
-            return refusal
-        record = _retained_record(record_id)
-        if record is None:
-            return _error(404, "NotFound", f"callRecord {record_id} not found")
-        offset = int(request.query_params.get("$skiptoken", "0"))
-        size = state.sessions_page_size
-        page: dict[str, Any] = {"value": record["sessions"][offset:offset + size]}
-        if offset + size < len(record["sessions"]):
-            page["@odata.nextLink"] = _sessions_link(request, record_id, offset + size)
+        record = _authorised_record(request, record_id)
+        if isinstance(record, JSONResponse):
+            return record
+        sessions, link = _sessions_page(request, record_id, record, int(request.query_params.get("$skiptoken", "0")))
+        page: dict[str, Any] = {"value": sessions}
+        if link is not None:
+            page["@odata.nextLink"] = link
         return JSONResponse(page)
 
-    def _retained_record(record_id: str) -> dict[str, Any] | None:
+    def _authorised_record(request: Request, record_id: str) -> dict[str, Any] | JSONResponse:
+        """The record, or the refusal: unauthorised, or 404 for one unknown or past retention."""
+        if (refusal := authorise(request)) is not None:
+            return refusal
         with state.lock:
             record = state.records.get(record_id)
-        return record if record is not None and state.retained(record) else None
+        if record is None or not state.retained(record):
+            return _error(404, "NotFound", f"callRecord {record_id} not found")
+        return record
 
-    def _sessions_link(request: Request, record_id: str, offset: int) -> str:
-        query = urlencode({"$expand": "segments", "$skiptoken": str(offset)})
-        return f"{str(request.base_url).rstrip('/')}/v1.0/communications/callRecords/{record_id}/sessions?{query}"
+    def _sessions_page(request: Request, record_id: str, record: dict[str, Any],
+                       offset: int) -> tuple[list[Any], str | None]:
+        """Graph pages a record's sessions (`state.sessions_page_size` at a time): this page,
+        and the link to the next one while any remain."""
+        size = state.sessions_page_size
+        if offset + size >= len(record["sessions"]):
+            return record["sessions"][offset:offset + size], None
+        query = urlencode({"$expand": "segments", "$skiptoken": str(offset + size)})
+        link = f"{str(request.base_url).rstrip('/')}/v1.0/communications/callRecords/{record_id}/sessions?{query}"
+        return record["sessions"][offset:offset + size], link
 
     @app.get("/v1.0/subscriptions")
     async def list_subscriptions(request: Request) -> JSONResponse:

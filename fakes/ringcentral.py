@@ -29,13 +29,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from calltime.fakes.calls import SimulatedCall
+from calltime.fakes.provider_common import (SlidingWindow, TokenStore, WebhookSimulator, arrange,
+                                            basic_credentials, bearer_token, error_answer, form_fields,
+                                            require_copies, retry_after, utc_now, utc_text)
 
 DIRECTIONS = ("inbound", "outbound")
 OUTCOMES = ("answered", "missed", "voicemail", "rejected")
@@ -53,10 +56,6 @@ _SENT_AFTER_EVENT = timedelta(milliseconds=73)
 
 def _new_session_id() -> str:
     return f"s-{uuid.uuid4().hex}"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class CallSpec:
     firm_number: str = "+14155550100"
     external_number: str = "+12125550123"
     direction: str = "inbound"
-    started_at: datetime = field(default_factory=_now)
+    started_at: datetime = field(default_factory=utc_now)
     ring_seconds: int = 6
     talk_seconds: int = 120
     hold_seconds: int = 0
@@ -196,9 +195,9 @@ class _Session:
         return {
             # Derived from what the event says, so that re-sending it repeats its uuid.
             "uuid": _digits(self.spec.telephony_session_id, str(sequence), party["id"],
-                            change.status, _rc_time(change.at), bits=63),
+                            change.status, utc_text(change.at), bits=63),
             "event": f"{event}/telephony/sessions",
-            "timestamp": _rc_time(change.at + _SENT_AFTER_EVENT),
+            "timestamp": utc_text(change.at + _SENT_AFTER_EVENT),
             "subscriptionId": self.subscription_id,
             "ownerId": spec.extension_id,
             "body": {
@@ -206,7 +205,7 @@ class _Session:
                 "sessionId": self.legacy_session_id,
                 "telephonySessionId": spec.telephony_session_id,
                 "serverId": _SERVER_ID,
-                "eventTime": _rc_time(change.at),
+                "eventTime": utc_text(change.at),
                 "parties": [party],
                 "origin": {"type": "Call"},
             },
@@ -300,12 +299,6 @@ def _to_milliseconds(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def _rc_time(moment: datetime) -> str:
-    """`2020-06-23T01:19:45.018Z`, the way RingCentral writes times."""
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 # --- A provider-neutral call, as RingCentral sees it ------------------------------------------
 
 
@@ -384,14 +377,14 @@ def call_log_record(spec: CallSpec) -> dict[str, Any]:
         "sessionId": _legacy_session_id(spec.telephony_session_id),
         "telephonySessionId": spec.telephony_session_id,
         "partyId": f"p-{session_hex}-{2 if inbound else 1}",
-        "startTime": _rc_time(setup),
+        "startTime": utc_text(setup),
         "duration": _round_seconds(duration_ms),
         "durationMs": duration_ms,
         **common,
         "transport": "VoIP" if internal else "PSTN",
-        "lastModifiedTime": _rc_time(end + timedelta(seconds=20)),
+        "lastModifiedTime": utc_text(end + timedelta(seconds=20)),
         "legs": [{
-            "startTime": _rc_time(setup),
+            "startTime": utc_text(setup),
             "duration": _round_seconds(total_ms),
             "durationMs": total_ms,
             **common,
@@ -426,7 +419,7 @@ def _round_seconds(milliseconds: int) -> int:
 Call = CallSpec | SimulatedCall
 
 
-class RingCentralSimulator:
+class RingCentralSimulator(WebhookSimulator):
     """Delivers simulated RingCentral webhooks to `webhook_url`, and keeps the call log.
 
     `header_name` is where the verification token travels; providers.md §1.3 leaves open
@@ -436,43 +429,19 @@ class RingCentralSimulator:
     given), which `create_api_app` serves; a `SimulatedCall` is placed on `account_id`.
     """
 
-    def __init__(
-        self,
-        webhook_url: str,
-        webhook_secret: str,
-        *,
-        account_id: str = DEFAULT_ACCOUNT_ID,
-        http: httpx.AsyncClient | None = None,
-        header_name: str = "Verification-Token",
-        subscription_id: str | None = None,
-        api: RingCentralApiState | None = None,
-    ) -> None:
-        self.webhook_url = webhook_url
+    def __init__(self, webhook_url: str, webhook_secret: str, *, account_id: str = DEFAULT_ACCOUNT_ID,
+                 http: httpx.AsyncClient | None = None, header_name: str = "Verification-Token",
+                 subscription_id: str | None = None, api: RingCentralApiState | None = None) -> None:
+        super().__init__(webhook_url, account_id, http)
         self.verification_token = webhook_secret
-        self.account_id = account_id
         self.header_name = header_name
         self.subscription_id = subscription_id or str(uuid.uuid4())
         self.api = api or RingCentralApiState(account_id)
         self.api.add_subscription(webhook_url, subscription_id=self.subscription_id)
-        self._http = http or httpx.AsyncClient()
-        self._owns_http = http is None
-
-    def __repr__(self) -> str:
-        return f"RingCentralSimulator(webhook_url={self.webhook_url!r}, account_id={self.account_id!r})"
 
     @property
     def webhook_secret(self) -> str:
         return self.verification_token
-
-    async def __aenter__(self) -> RingCentralSimulator:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     async def validate(self) -> bool:
         """Run the subscription-creation handshake; True only if RingCentral would accept it.
@@ -483,7 +452,7 @@ class RingCentralSimulator:
         token = secrets.token_urlsafe(24)
         try:
             async with asyncio.timeout(VALIDATION_DEADLINE.total_seconds()):
-                response = await self._http.post(
+                response = await self._client().post(
                     self.webhook_url, headers={"Validation-Token": token}, content=b""
                 )
         except (TimeoutError, httpx.HTTPError):
@@ -523,18 +492,11 @@ class RingCentralSimulator:
         return await self.post(self._headers(), json.dumps(envelope).encode())
 
     async def post(self, headers: Mapping[str, str], body: bytes) -> httpx.Response:
-        return await self._http.post(self.webhook_url, content=body, headers=dict(headers))
+        return await self._post(headers, body)
 
-    async def place_call(
-        self,
-        call: Call,
-        *,
-        deliver: bool = True,
-        shuffle: bool = False,
-        duplicate_each: int = 1,
-        rng: random.Random | None = None,
-        include_far_party: bool = False,
-    ) -> list[httpx.Response]:
+    async def place_call(self, call: Call, *, deliver: bool = True, shuffle: bool = False,
+                         duplicate_each: int = 1, rng: random.Random | None = None,
+                         include_far_party: bool = False) -> list[httpx.Response]:
         """Write `call` into the call log and deliver every notification of it, one at a time,
         in the order delivery chose; `deliver=False` drops every webhook (the call is then
         only in the call log).
@@ -542,17 +504,13 @@ class RingCentralSimulator:
         `duplicate_each` re-sends each notification (same `uuid`) that many times in all;
         `shuffle` scrambles the delivery order, since RingCentral guarantees none.
         """
-        if duplicate_each < 1:
-            raise ValueError("duplicate_each must be at least 1")
+        require_copies(duplicate_each)
         spec = self.spec_for(call)
         self.api.record_call(spec)
         if not deliver:
             return []
         requests = self.webhook_requests(spec, include_far_party=include_far_party)
-        deliveries = [r for r in requests for _ in range(duplicate_each)]
-        if shuffle:
-            (rng or random.Random()).shuffle(deliveries)
-        return [await self.post(headers, body) for headers, body in deliveries]
+        return [await self.post(headers, body) for headers, body in arrange(requests, duplicate_each, shuffle, rng)]
 
 
 # --- The REST API: OAuth (JWT bearer), call log, subscriptions ---------------------------------
@@ -579,7 +537,7 @@ class _ApiError(Exception):
         else:
             body = {"errorCode": self.code, "message": self.message,
                     "errors": [{"errorCode": self.code, "message": self.message}]}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return error_answer(self.status, body, headers=self.headers)
 
 
 class RingCentralApiState:
@@ -609,8 +567,8 @@ class RingCentralApiState:
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, Any]] = {}
         self._apps: dict[str, tuple[str, str]] = {}  # client id -> (secret, JWT credential)
-        self._tokens: dict[str, float] = {}  # access token -> expires at
-        self._sent: dict[str, collections.deque[float]] = {}
+        self._tokens = TokenStore()  # access token -> expires at (clock)
+        self._window = SlidingWindow()
         self._subscriptions: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
@@ -647,7 +605,7 @@ class RingCentralApiState:
         with self._lock:
             self._subscriptions[subscription_id] = {
                 "id": subscription_id,
-                "creationTime": _rc_time(_from_epoch(now)),
+                "creationTime": utc_text(_from_epoch(now)),
                 "status": status,
                 "eventFilters": [f"/restapi/v1.0/account/{self.account_id}/telephony/sessions"],
                 "expires_at": now + expires_in,
@@ -671,52 +629,36 @@ class RingCentralApiState:
             _secret, jwt = self._apps[client_id]
             if not hmac.compare_digest(form.get("assertion", "").encode(), jwt.encode()):
                 raise _ApiError(400, "invalid_grant", "Invalid token", oauth=True)
-            token = secrets.token_urlsafe(24)
-            self._tokens[token] = self.clock() + self.token_ttl_seconds
+            token = self._tokens.issue(self.clock() + self.token_ttl_seconds)
             self.stats["tokens_issued"] += 1
         return {"access_token": token, "token_type": "bearer",
                 "expires_in": self.token_ttl_seconds, "scope": "ReadCallLog",
                 "owner_id": self.account_id, "endpoint_id": secrets.token_urlsafe(8)}
 
     def _basic_client(self, authorization: str | None) -> str:
-        scheme, _, encoded = (authorization or "").partition(" ")
-        try:
-            client_id, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            client_id, secret = "", ""
+        client_id, secret = basic_credentials(authorization) or ("", "")
         with self._lock:
             app = self._apps.get(client_id)
-        if scheme.lower() != "basic" or app is None or not hmac.compare_digest(
-                secret.encode(), app[0].encode()):
+        if app is None or not hmac.compare_digest(secret.encode(), app[0].encode()):
             raise _ApiError(401, "invalid_client", "Invalid client", oauth=True)
         return client_id
 
     def admit(self, authorization: str | None) -> None:
         """The bearer token must be live and within its rate; raises _ApiError otherwise."""
-        scheme, _, token = (authorization or "").partition(" ")
+        token = bearer_token(authorization)
         now = self.clock()
         with self._lock:
             self.stats["api_requests"] += 1
-            expires_at = self._tokens.get(token) if scheme.lower() == "bearer" else None
-            if expires_at is None or expires_at <= now:
+            if not self._tokens.live(token, now):
                 self.stats["unauthorized"] += 1
                 raise _ApiError(401, "TokenInvalid", "Access token corrupted or expired")
-            self._take_rate_slot(token, now)
-
-    def _take_rate_slot(self, token: str, now: float) -> None:
-        if self.rate_limit is None:
-            return
-        sent = self._sent.setdefault(token, collections.deque())
-        while sent and sent[0] <= now - self.rate_window_seconds:
-            sent.popleft()
-        headers = {"X-Rate-Limit-Group": "heavy", "X-Rate-Limit-Limit": str(self.rate_limit),
-                   "X-Rate-Limit-Window": str(int(self.rate_window_seconds))}
-        if len(sent) >= self.rate_limit:
-            self.stats["rate_limited"] += 1
-            wait = max(1, math.ceil(sent[0] + self.rate_window_seconds - now))
-            raise _ApiError(429, "CMN-301", "Request rate exceeded",
-                            {**headers, "X-Rate-Limit-Remaining": "0", "Retry-After": str(wait)})
-        sent.append(now)
+            wait = self._window.take(token, now, self.rate_limit, self.rate_window_seconds)
+            if wait is not None:
+                self.stats["rate_limited"] += 1
+                raise _ApiError(429, "CMN-301", "Request rate exceeded", {
+                    "X-Rate-Limit-Group": "heavy", "X-Rate-Limit-Limit": str(self.rate_limit),
+                    "X-Rate-Limit-Window": str(int(self.rate_window_seconds)),
+                    "X-Rate-Limit-Remaining": "0", "Retry-After": retry_after(wait)})
 
     def call_log(self, account: str, params: Mapping[str, str], base_url: str) -> dict[str, Any]:
         if account not in ("~", self.account_id):
@@ -772,7 +714,7 @@ class RingCentralApiState:
                              base_url: str = "https://platform.ringcentral.com") -> dict[str, Any]:
         shown = {k: v for k, v in subscription.items() if k not in ("expires_at", "requested_seconds")}
         shown["uri"] = f"{base_url}/restapi/v1.0/subscription/{subscription['id']}"
-        shown["expirationTime"] = _rc_time(_from_epoch(subscription["expires_at"]))
+        shown["expirationTime"] = utc_text(_from_epoch(subscription["expires_at"]))
         shown["expiresIn"] = max(0, int(subscription["expires_at"] - self.clock()))
         return shown
 
@@ -788,7 +730,7 @@ def create_api_app(state: RingCentralApiState) -> FastAPI:
 
     @app.post("/restapi/oauth/token")
     async def token(request: Request) -> JSONResponse:
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("latin-1")).items()}
+        form = await form_fields(request)
         return JSONResponse(state.issue_token(request.headers.get("authorization"), form))
 
     @app.get("/restapi/v1.0/account/{account}/call-log")

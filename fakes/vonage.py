@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import hashlib
 import json
 import math
@@ -34,13 +33,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from calltime.fakes.calls import SimulatedCall
+from calltime.fakes.provider_common import (SlidingWindow, TokenStore, WebhookSimulator, arrange,
+                                            bearer_token, error_answer, form_fields, require_copies,
+                                            utc_now, utc_text)
 from calltime.ingest.providers.vonage import SIGNATURE_HEADER, sign_event
 from calltime.phone import is_extension
 
@@ -49,26 +50,15 @@ WEBHOOK_PURGE_AFTER = timedelta(days=90)
 MAX_RETRIES = 5  # "retried a maximum of 5 times ... before the webhook is marked as failed"
 METADATA_POLICIES = ("BODY", "HEADER")
 _NAMESPACE = uuid.UUID("5b0a3c1e-7d0e-4a55-9c51-6f3f2a9e0b17")
-_BEARER_PREFIX = "Bearer "
 # Written out here rather than imported from the client, so a typo in one shows up against the other.
 CALL_LOGS_PATH = "/t/vbc.prod/reports/v1/accounts/{account_id}/call-logs"
 WEBHOOKS_PATH = "/t/vbc.prod/vis/v1/self/webhooks"
 REPORTS_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def vis_time(moment: datetime) -> str:
     """`2020-10-01T16:10:06.000+0000`, the way VIS writes times."""
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
-
-
-def _iso_z(moment: datetime) -> str:
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return utc_text(moment, zone="+0000")
 
 
 def _digits(number: str) -> str:
@@ -203,12 +193,12 @@ class VonageApiState:
     rate_limit: int | None = None
     rate_window_seconds: float = 60.0
     retry_after_seconds: int = 1
-    now: Callable[[], datetime] = _utc_now
+    now: Callable[[], datetime] = utc_now
     call_logs: list[dict[str, Any]] = field(default_factory=list)
     webhooks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tokens: dict[str, datetime] = field(default_factory=dict)
+    tokens: TokenStore = field(default_factory=TokenStore)  # access token -> expires at
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
-    _sent: dict[str, collections.deque[float]] = field(default_factory=dict, repr=False)
+    _window: SlidingWindow = field(default_factory=SlidingWindow, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __repr__(self) -> str:
@@ -236,10 +226,10 @@ class VonageApiState:
             "signingAlgo": "HMAC_SHA256",
             "signingKey": signing_key,
             "metadataPolicy": metadata_policy,
-            "expireAt": _iso_z(now + WEBHOOK_TTL),
-            "createdAt": _iso_z(now),
-            "renewedAt": _iso_z(now),
-            "purgeAt": _iso_z(now + WEBHOOK_PURGE_AFTER),
+            "expireAt": utc_text(now + WEBHOOK_TTL),
+            "createdAt": utc_text(now),
+            "renewedAt": utc_text(now),
+            "purgeAt": utc_text(now + WEBHOOK_PURGE_AFTER),
             "statistics": {"totalAttempts": 0, "totalSuccesses": 0, "totalFailures": 0, "failed": False},
         }
         with self._lock:
@@ -253,8 +243,8 @@ class VonageApiState:
             webhook = self.webhooks.get(webhook_id)
             if webhook is None:
                 return None
-            webhook["expireAt"] = _iso_z(now + WEBHOOK_TTL)
-            webhook["renewedAt"] = _iso_z(now)
+            webhook["expireAt"] = utc_text(now + WEBHOOK_TTL)
+            webhook["renewedAt"] = utc_text(now)
             webhook["statistics"]["failed"] = False
             return dict(webhook)
 
@@ -273,27 +263,15 @@ class VonageApiState:
                 statistics["failed"] = True
 
     def issue_token(self) -> str:
-        token = secrets.token_urlsafe(24)
         with self._lock:
-            self.tokens[token] = self.now() + timedelta(seconds=self.token_ttl_seconds)
-        return token
+            return self.tokens.issue(self.now() + timedelta(seconds=self.token_ttl_seconds))
 
     def token_valid(self, token: str) -> bool:
-        expires_at = self.tokens.get(token)
-        return expires_at is not None and expires_at > self.now()
+        return self.tokens.live(token, self.now())
 
     def over_rate(self, token: str) -> bool:
-        if self.rate_limit is None:
-            return False
-        now = time.monotonic()
         with self._lock:
-            sent = self._sent.setdefault(token, collections.deque())
-            while sent and sent[0] <= now - self.rate_window_seconds:
-                sent.popleft()
-            if len(sent) >= self.rate_limit:
-                return True
-            sent.append(now)
-            return False
+            return self._window.take(token, time.monotonic(), self.rate_limit, self.rate_window_seconds) is not None
 
 
 # --- The APIs --------------------------------------------------------------------------------
@@ -311,7 +289,7 @@ def create_api_app(state: VonageApiState) -> FastAPI:
 
     @app.post("/token")
     async def token(request: Request) -> Response:
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
+        form = await form_fields(request)
         if form.get("grant_type") != "password":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
         expected = state.credentials()
@@ -383,13 +361,11 @@ def create_api_app(state: VonageApiState) -> FastAPI:
 
 
 def _refusal(state: VonageApiState, request: Request) -> Response | None:
-    header = request.headers.get("Authorization", "")
-    token = header[len(_BEARER_PREFIX):] if header.startswith(_BEARER_PREFIX) else ""
+    token = bearer_token(request.headers.get("Authorization"))
     if not state.token_valid(token):
-        return JSONResponse({"errorCode": "401", "errorMessage": "Invalid access token"}, status_code=401)
+        return error_answer(401, {"errorCode": "401", "errorMessage": "Invalid access token"})
     if state.over_rate(token):
-        return JSONResponse({"msg": "Too Many Requests", "status": 429}, status_code=429,
-                            headers={"Retry-After": str(state.retry_after_seconds)})
+        return error_answer(429, {"msg": "Too Many Requests", "status": 429}, wait=state.retry_after_seconds)
     return None
 
 
@@ -436,7 +412,7 @@ def _hal_page(state: VonageApiState, request: Request, window: tuple[datetime, d
 Delivery = tuple[dict[str, str], bytes]
 
 
-class VonageSimulator:
+class VonageSimulator(WebhookSimulator):
     """Delivers one firm user's VIS CALL events to `webhook_url`, signed with `webhook_secret`.
 
     On creation it registers its webhook in `state` (as `POST /self/webhooks` would), with
@@ -447,43 +423,19 @@ class VonageSimulator:
     `ASGITransport`) to skip the network.
     """
 
-    def __init__(
-        self,
-        webhook_url: str,
-        webhook_secret: str,
-        *,
-        account_id: str,
-        http: httpx.AsyncClient | None = None,
-        state: VonageApiState | None = None,
-        metadata_policy: str = "BODY",
-        webhook_id: str | None = None,
-        retry_pause_seconds: float = 0.0,
-    ) -> None:
+    def __init__(self, webhook_url: str, webhook_secret: str, *, account_id: str,
+                 http: httpx.AsyncClient | None = None, state: VonageApiState | None = None,
+                 metadata_policy: str = "BODY", webhook_id: str | None = None,
+                 retry_pause_seconds: float = 0.0) -> None:
         if metadata_policy not in METADATA_POLICIES:
             raise ValueError(f"metadata_policy must be one of {METADATA_POLICIES} (NONE sends no signature)")
-        self.webhook_url = webhook_url
+        super().__init__(webhook_url, account_id, http)
         self._secret = webhook_secret
-        self.account_id = account_id
         self.state = state or VonageApiState(account_id=account_id)
         self.metadata_policy = metadata_policy
         self.retry_pause_seconds = retry_pause_seconds
         self.webhook_id = self.state.register_webhook(webhook_url, webhook_secret, metadata_policy,
                                                       webhook_id)["id"]
-        self._http = http or httpx.AsyncClient(timeout=5.0)
-        self._owns_http = http is None
-
-    def __repr__(self) -> str:
-        return f"VonageSimulator(webhook_url={self.webhook_url!r}, account_id={self.account_id!r})"
-
-    async def __aenter__(self) -> VonageSimulator:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     async def handshake(self) -> bool:
         """VIS has no URL validation: registering a webhook never calls it."""
@@ -505,22 +457,14 @@ class VonageSimulator:
 
     async def deliver(self, delivery: Delivery) -> httpx.Response:
         headers, body = delivery
-        return await self._http.post(self.webhook_url, content=body, headers=headers)
+        return await self._post(headers, body)
 
-    async def place_call(
-        self,
-        call: SimulatedCall,
-        *,
-        deliver: bool = True,
-        shuffle: bool = False,
-        duplicate_each: int = 1,
-        rng: random.Random | None = None,
-    ) -> list[httpx.Response]:
+    async def place_call(self, call: SimulatedCall, *, deliver: bool = True, shuffle: bool = False,
+                         duplicate_each: int = 1, rng: random.Random | None = None) -> list[httpx.Response]:
         """Write `call` into the call log and (unless `deliver` is False: a dropped webhook) POST
         its events. `duplicate_each` delivers each event that many times (attempt 1, 2, ...), as
         VIS does when an answer is lost; `shuffle` scrambles the order."""
-        if duplicate_each < 1:
-            raise ValueError("duplicate_each must be at least 1")
+        require_copies(duplicate_each)
         self.state.record_call(call_log_record(call))
         if not deliver:
             return []
@@ -530,10 +474,8 @@ class VonageSimulator:
             while len(attempts) < duplicate_each:
                 attempts.append(self.retry_of(attempts[-1]))
             deliveries += attempts
-        if shuffle:
-            (rng or random.Random()).shuffle(deliveries)
         responses: list[httpx.Response] = []
-        for delivery in deliveries:
+        for delivery in arrange(deliveries, shuffle=shuffle, rng=rng):
             responses += await self._deliver_with_retries(delivery)
         return responses
 

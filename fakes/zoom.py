@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -30,6 +29,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from calltime.fakes.calls import SimulatedCall
+from calltime.fakes.provider_common import (SlidingWindow, TokenStore, WebhookSimulator, arrange,
+                                            basic_credentials, bearer_token, error_answer, require_copies,
+                                            utc_now)
 from calltime.phone import is_extension
 
 VALIDATION_DEADLINE_SECONDS = 3.0  # Zoom's answer deadline for every request
@@ -49,10 +51,6 @@ _LEGACY_RESULTS = {"answered": "Call connected", "missed": "No Answer", "voicema
 # `handup_result` besides "Call connected" (the sample's) is UNCONFIRMED; these are guesses.
 _HANGUP = {"missed": "No Answer", "voicemail": "Voicemail", "rejected": "Rejected"}
 _NAMESPACE = uuid.UUID("0b7c6a52-59a4-4c0e-9d0e-5a1f6f3b2c11")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _zoom_time(moment: datetime) -> str:
@@ -278,11 +276,11 @@ class ZoomApiState:
     fail_next_n_with_5xx: int = 0
     throttle_next_n: int = 0  # the next n API calls answer 429 regardless of the rate
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # call_history_uuid -> item
-    tokens: dict[str, float] = field(default_factory=dict)  # access token -> expires at
+    tokens: TokenStore = field(default_factory=TokenStore)  # access token -> expires at
     tokens_issued: int = 0
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     _page_tokens: dict[str, tuple[tuple[str, ...], int, float]] = field(default_factory=dict)
-    _sent: dict[str, list[float]] = field(default_factory=dict)
+    _window: SlidingWindow = field(default_factory=SlidingWindow)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __repr__(self) -> str:
@@ -295,15 +293,13 @@ class ZoomApiState:
         return item
 
     def issue_token(self) -> str:
-        token = secrets.token_urlsafe(32)
         with self._lock:
-            self.tokens[token] = self.clock() + self.token_lifetime_seconds
             self.tokens_issued += 1
-        return token
+            return self.tokens.issue(self.clock() + self.token_lifetime_seconds, nbytes=32)
 
     def expire_tokens(self) -> None:
         with self._lock:
-            self.tokens = {token: 0.0 for token in self.tokens}
+            self.tokens.expire_all(0.0)
 
     def _over_rate(self, token: str) -> bool:
         now = self.clock()
@@ -311,14 +307,7 @@ class ZoomApiState:
             if self.throttle_next_n > 0:
                 self.throttle_next_n -= 1
                 return True
-            if self.rate_limit is None:
-                return False
-            sent = [t for t in self._sent.get(token, []) if t > now - self.rate_window_seconds]
-            if len(sent) >= self.rate_limit:
-                self._sent[token] = sent
-                return True
-            self._sent[token] = [*sent, now]
-            return False
+            return self._window.take(token, now, self.rate_limit, self.rate_window_seconds) is not None
 
     def _page(self, query: tuple[str, ...], offset: int, size: int) -> dict[str, Any]:
         start, end, time_type = query
@@ -346,18 +335,8 @@ class ZoomApiState:
         return found[0], found[1]
 
 
-def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
-
-
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header or not header.lower().startswith("basic "):
-        return None
-    try:
-        client_id, _, secret = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return client_id, secret
+def _error(status: int, code: int, message: str, *, wait: float | None = None) -> JSONResponse:
+    return error_answer(status, {"code": code, "message": message}, wait=wait)
 
 
 def _parse_query_time(value: str) -> datetime | None:
@@ -374,7 +353,7 @@ def create_api_app(state: ZoomApiState) -> FastAPI:
 
     @app.post("/oauth/token")
     async def token(request: Request) -> JSONResponse:
-        credentials = _basic_credentials(request.headers.get("authorization"))
+        credentials = basic_credentials(request.headers.get("authorization"))
         valid = credentials is not None and hmac.compare_digest(
             f"{credentials[0]}:{credentials[1]}".encode(), f"{state.client_id}:{state.client_secret}".encode())
         if not valid:
@@ -393,16 +372,15 @@ def create_api_app(state: ZoomApiState) -> FastAPI:
     async def call_history(request: Request) -> JSONResponse:
         params = dict(request.query_params)
         state.requests.append(("call_history", params))
-        header = request.headers.get("authorization", "")
-        bearer = header[7:] if header.lower().startswith("bearer ") else ""
-        if state.tokens.get(bearer, 0.0) <= state.clock():
+        bearer = bearer_token(request.headers.get("authorization"))
+        if not state.tokens.live(bearer, state.clock()):
             return _error(401, 124, "Invalid access token.")
         if state.fail_next_n_with_5xx > 0:
             state.fail_next_n_with_5xx -= 1
             return _error(503, 503, "Service temporarily unavailable.")
         if state._over_rate(bearer):
             return _error(429, 429, "You have reached the maximum per-second rate limit for this API.",
-                          {"Retry-After": str(state.retry_after_seconds)})
+                          wait=state.retry_after_seconds)
         return _call_history_answer(state, params)
 
     return app
@@ -436,7 +414,7 @@ def _call_history_answer(state: ZoomApiState, params: dict[str, str]) -> JSONRes
 # --- The simulator ------------------------------------------------------------------------------------
 
 
-class ZoomSimulator:
+class ZoomSimulator(WebhookSimulator):
     """Delivers a Zoom Phone account's webhooks to `webhook_url` and keeps its call history.
 
     `generations` are the record events the app is subscribed to (any of "log", "history",
@@ -446,52 +424,21 @@ class ZoomSimulator:
     skip the network, `clock` to choose the signing time.
     """
 
-    def __init__(
-        self,
-        webhook_url: str,
-        webhook_secret: str,
-        *,
-        account_id: str,
-        http: httpx.AsyncClient | None = None,
-        state: ZoomApiState | None = None,
-        generations: Sequence[str] = ("element",),
-        realtime: bool = True,
-        clock: Callable[[], datetime] = _now,
-    ) -> None:
+    def __init__(self, webhook_url: str, webhook_secret: str, *, account_id: str,
+                 http: httpx.AsyncClient | None = None, state: ZoomApiState | None = None,
+                 generations: Sequence[str] = ("element",), realtime: bool = True,
+                 clock: Callable[[], datetime] = utc_now) -> None:
         unknown = set(generations) - set(GENERATIONS)
         if unknown:
             raise ValueError(f"unknown record generations {sorted(unknown)}; use {GENERATIONS}")
-        self.webhook_url = webhook_url
+        super().__init__(webhook_url, account_id, http, timeout=10.0)
         self._secret = webhook_secret
-        self.account_id = account_id
         self.state = state or ZoomApiState(account_id=account_id)
         self.generations = tuple(generations)
         self.realtime = realtime
         self.clock = clock
         self.validated: bool | None = None  # None: never checked
         self.last_validated_at: datetime | None = None
-        self._http = http
-        self._owns_http = http is None
-
-    def __repr__(self) -> str:
-        return f"ZoomSimulator(webhook_url={self.webhook_url!r}, account_id={self.account_id!r})"
-
-    async def __aenter__(self) -> ZoomSimulator:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._owns_http and self._http is not None:
-            await self._http.aclose()
-            self._http = None
-
-    def _client(self) -> httpx.AsyncClient:
-        # Created on first send, so a simulator used only to write deliveries holds no connections.
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=10.0)
-        return self._http
 
     # -- URL validation --
 
@@ -574,22 +521,14 @@ class ZoomSimulator:
 
     async def send(self, delivery: tuple[dict[str, str], bytes]) -> httpx.Response:
         headers, body = delivery
-        return await self._client().post(self.webhook_url, content=body, headers=headers)
+        return await self._post(headers, body)
 
-    async def place_call(
-        self,
-        call: SimulatedCall,
-        *,
-        deliver: bool = True,
-        shuffle: bool = False,
-        duplicate_each: int = 1,
-        rng: random.Random | None = None,
-    ) -> list[httpx.Response]:
+    async def place_call(self, call: SimulatedCall, *, deliver: bool = True, shuffle: bool = False,
+                         duplicate_each: int = 1, rng: random.Random | None = None) -> list[httpx.Response]:
         """Record `call` in the call history and POST its events; `deliver=False` loses them
         (a dropped webhook: only reconciliation finds the call). Each copy of a duplicated event
         is signed when sent, as Zoom's retries are."""
-        if duplicate_each < 1:
-            raise ValueError("duplicate_each must be at least 1")
+        require_copies(duplicate_each)
         self.state.record(call)
         if not deliver:
             return []
@@ -607,10 +546,7 @@ class ZoomSimulator:
                        rng: random.Random | None) -> list[httpx.Response]:
         if self.validated is False:
             return []
-        deliveries = [body for body in bodies for _ in range(duplicate_each)]
-        if shuffle:
-            (rng or random.Random()).shuffle(deliveries)
-        return [await self.send(self.signed(body)) for body in deliveries]
+        return [await self.send(self.signed(body)) for body in arrange(list(bodies), duplicate_each, shuffle, rng)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

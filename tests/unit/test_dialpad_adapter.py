@@ -105,32 +105,34 @@ def test_worked_example_jwt_is_accepted_and_reads_as_the_expected_call() -> None
     assert [(n.dedupe_key, n.provider_call_id) for n in notices] == [("1002:hangup:1356998400000", "1002")]
     assert json.loads(notices[0].body) == VECTOR["decoded_payload"]
     moment = datetime(2013, 1, 1, tzinfo=timezone.utc)
-    assert ADAPTER.finished_call([notices[0].body], ACCOUNT) == FinishedCall(
+    assert ADAPTER.finished_call([notices[0].body], ACCOUNT) == _example_call(
+        started_at=moment,
+        ended_at=moment,  # no date_ended in the vector: the hangup's event_timestamp
+        duration_seconds=0,  # connected and ended at the same millisecond
+    )
+
+
+def _example_call(*, started_at: datetime, ended_at: datetime, duration_seconds: int) -> FinishedCall:
+    """The firm user's answered inbound call that Dialpad's example `CallProto` describes."""
+    return FinishedCall(
         provider_call_id="1002",
         direction="inbound",
         external_number_e164="+14155557777",
         external_number_raw="+14155557777",
         internal_number="+14155551001",
         provider_user_id="2",
-        started_at=moment,
-        ended_at=moment,  # no date_ended in the vector: the hangup's event_timestamp
-        duration_seconds=0,  # connected and ended at the same millisecond
+        started_at=started_at,
+        ended_at=ended_at,
+        duration_seconds=duration_seconds,
         result="answered",
     )
 
 
 def test_api_example_as_a_hangup_reads_as_the_firm_users_answered_call() -> None:
-    assert _accepted(_hangup()) == FinishedCall(
-        provider_call_id="1002",
-        direction="inbound",
-        external_number_e164="+14155557777",
-        external_number_raw="+14155557777",
-        internal_number="+14155551001",
-        provider_user_id="2",
+    assert _accepted(_hangup()) == _example_call(
         started_at=T0,
         ended_at=T0 + timedelta(seconds=100, milliseconds=400),
         duration_seconds=95,  # 95.4 s connected, rounded half up
-        result="answered",
     )
 
 

@@ -22,14 +22,8 @@ from calltime.fakes.server import BackgroundServer
 from calltime.ingest.call_logs import dialpad as pull
 from calltime.ingest.call_logs.port import CallLogError, CallLogPage
 from calltime.ingest.providers.dialpad import ADAPTER
-from calltime.ingest.providers.model import (
-    Account,
-    FinishedCall,
-    InvalidNotification,
-    Notice,
-    Refused,
-    WebhookRequest,
-)
+from calltime.ingest.providers.model import (Account, FinishedCall, InvalidNotification, Notice, Refused,
+                                             WebhookRequest)
 
 SECRET = "firm-webhook-secret"
 API_KEY = "dialpad-api-key"

@@ -22,14 +22,8 @@ from calltime.fakes.server import BackgroundServer
 from calltime.ingest.call_logs import graph as graph_logs
 from calltime.ingest.call_logs.port import CallLogError
 from calltime.ingest.providers.graph import ADAPTER, lifecycle_events, record_notice
-from calltime.ingest.providers.model import (
-    Account,
-    FinishedCall,
-    InvalidNotification,
-    Notice,
-    Refused,
-    WebhookRequest,
-)
+from calltime.ingest.providers.model import (Account, FinishedCall, InvalidNotification, Notice, Refused,
+                                             WebhookRequest)
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 SECRET = "client-state-secret"

@@ -64,15 +64,17 @@ def _rc_time(moment: datetime) -> str:
 
 
 def _inbound(
-    sequence: int, status: str, after_ms: int, *, missed_call: bool = False
+    sequence: int, status: str, after_ms: int, *, missed_call: bool = False, reason: str | None = None
 ) -> SessionNotification:
-    """The reference inbound Setup sample, moved on to `status` at T0 + `after_ms`."""
+    """The reference inbound Setup sample, moved on to `status` (for `reason`) at T0 + `after_ms`."""
     envelope = copy.deepcopy(_load(SETUP))
     envelope["uuid"] = f"uuid-{sequence}"
     body = envelope["body"]
     body["sequence"] = sequence
     body["eventTime"] = _rc_time(T0 + timedelta(milliseconds=after_ms))
     body["parties"][0]["status"]["code"] = status
+    if reason is not None:
+        body["parties"][0]["status"]["reason"] = reason
     body["parties"][0]["missedCall"] = missed_call
     return parse_notification(_bytes(envelope))
 
@@ -654,12 +656,7 @@ def test_events_after_the_user_hung_up_do_not_change_the_call() -> None:
 
 
 def test_a_disconnect_whose_reason_is_a_rejection_is_rejected_not_missed() -> None:
-    rejected = copy.deepcopy(_load(SETUP))
-    rejected["uuid"] = "uuid-rejected"
-    rejected["body"]["sequence"] = 4
-    rejected["body"]["eventTime"] = _rc_time(T0 + timedelta(seconds=4))
-    rejected["body"]["parties"][0]["status"] = {"code": "Disconnected", "reason": "Rejected"}
-    notifications = [_inbound(3, "Setup", 0), parse_notification(_bytes(rejected))]
+    notifications = [_inbound(3, "Setup", 0), _inbound(4, "Disconnected", 4_000, reason="Rejected")]
 
     call = assemble_call(notifications, {SAMPLE_USER})
 
@@ -670,25 +667,15 @@ def test_a_disconnect_whose_reason_is_a_rejection_is_rejected_not_missed() -> No
 
 @pytest.mark.parametrize("reason", ["NoAnswer", "TargetBusy", None])
 def test_an_unanswered_disconnect_for_any_other_reason_is_missed(reason: str | None) -> None:
-    ended = copy.deepcopy(_load(SETUP))
-    ended["uuid"] = "uuid-ended"
-    ended["body"]["sequence"] = 4
-    ended["body"]["parties"][0]["status"] = {"code": "Disconnected", "reason": reason}
-
-    call = assemble_call([_inbound(3, "Setup", 0), parse_notification(_bytes(ended))],
+    call = assemble_call([_inbound(3, "Setup", 0), _inbound(4, "Disconnected", 0, reason=reason)],
                          {SAMPLE_USER})
 
     assert call is not None and call.result == "missed"
 
 
 def test_a_rejection_reason_after_the_user_answered_does_not_unanswer_the_call() -> None:
-    hung_up = copy.deepcopy(_load(SETUP))
-    hung_up["uuid"] = "uuid-hung-up"
-    hung_up["body"]["sequence"] = 5
-    hung_up["body"]["eventTime"] = _rc_time(T0 + timedelta(seconds=30))
-    hung_up["body"]["parties"][0]["status"] = {"code": "Disconnected", "reason": "Rejected"}
     notifications = [_inbound(3, "Setup", 0), _inbound(4, "Answered", 2_000),
-                     parse_notification(_bytes(hung_up))]
+                     _inbound(5, "Disconnected", 30_000, reason="Rejected")]
 
     assert assemble_call(notifications, {SAMPLE_USER}).result == "answered"
 

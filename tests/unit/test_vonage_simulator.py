@@ -400,13 +400,18 @@ async def test_revoked_token_is_replaced_once() -> None:
     assert [p for _, p, _ in simulator.state.requests].count("/token") == 3
 
 
+def _time_out(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectTimeout("too slow", request=request)
+
+
 @pytest.mark.parametrize(("answer", "transient"), [
     (lambda request: httpx.Response(503), True),
     (lambda request: httpx.Response(500, text="oops"), True),
     (lambda request: httpx.Response(400, json={"status": 400}), False),
     (lambda request: httpx.Response(403), False),
     (lambda request: httpx.Response(200, text="<html>"), True),
-], ids=["503", "500", "400", "403", "not-json"])
+    (_time_out, True),
+], ids=["503", "500", "400", "403", "not-json", "timeout"])
 async def test_api_failures_are_classified(answer, transient: bool) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/token":
@@ -419,18 +424,6 @@ async def test_api_failures_are_classified(answer, transient: bool) -> None:
             [page async for page in logs.pages(T0, T0 + timedelta(hours=1))]
 
     assert error.value.transient is transient
-
-
-async def test_timeouts_are_transient() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectTimeout("too slow", request=request)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        logs = source(_account(), "https://api.vonage.test", VonageApiState(ACCOUNT_ID).credentials(), http)
-        with pytest.raises(CallLogError) as error:
-            [page async for page in logs.pages(T0, T0 + timedelta(hours=1))]
-
-    assert error.value.transient is True
 
 
 async def test_documented_call_log_record_is_read() -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
+from calltime.ingest.call_logs.http import ApiClient, HttpSource, Sleep
 from calltime.ingest.call_logs.port import CallLogError, CallLogPage, Subscription
 from calltime.ingest.providers import dialpad as adapter
 from calltime.ingest.providers.model import Account, FinishedCall, InvalidNotification
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://dialpad.com"
 CALLS_PATH = "/api/v2/call"
 REQUEST_TIMEOUT_SECONDS = 30.0
-DEFAULT_RETRY_AFTER_SECONDS = 1.0  # a 429 without Retry-After
 MAX_RETRY_AFTER_SECONDS = 60.0  # longer than this: give up now, the next sweep retries
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -48,27 +47,16 @@ def _epoch_ms(moment: datetime) -> int:
     return (moment.astimezone(timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
 
 
-class DialpadCallLog:
+class DialpadCallLog(HttpSource):
     provider = "dialpad"
 
-    def __init__(
-        self,
-        account: Account,
-        base_url: str,
-        api_key: str,
-        *,
-        http: httpx.AsyncClient | None = None,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-    ) -> None:
-        self.account = account
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, account: Account, base_url: str, api_key: str, *,
+                 http: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep) -> None:
+        # The API key is the bearer token itself: nothing to refresh, so a 401 stands at once.
+        api = ApiClient("Dialpad", http, timeout=REQUEST_TIMEOUT_SECONDS, max_retry_after=MAX_RETRY_AFTER_SECONDS,
+                        sleep=sleep)
+        super().__init__(account, base_url, api)
         self._api_key = api_key
-        self._http = http or httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS)
-        self._owns_http = http is None
-        self._sleep = sleep
-
-    def __repr__(self) -> str:
-        return f"DialpadCallLog(firm_id={self.account.firm_id!r}, base_url={self.base_url!r})"
 
     async def pages(self, since: datetime, until: datetime) -> AsyncIterator[CallLogPage]:
         if since.tzinfo is None or until.tzinfo is None:
@@ -106,27 +94,9 @@ class DialpadCallLog:
         return call
 
     async def _get(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
-        response = await self._send(path, params)
-        if response.status_code == 429:
-            wait = _retry_after_seconds(response.headers.get("Retry-After"))
-            if wait > MAX_RETRY_AFTER_SECONDS:
-                raise CallLogError(f"Dialpad asks to wait {wait:.0f}s", transient=True, status=429)
-            await self._sleep(wait)
-            response = await self._send(path, params)
-        _raise_for_status(response)
-        return _page_body(response)
-
-    async def _send(self, path: str, params: Mapping[str, str]) -> httpx.Response:
-        try:
-            return await self._http.get(
-                self.base_url + path,
-                params=dict(params),
-                headers={"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"},
-            )
-        except httpx.TimeoutException:
-            raise CallLogError("Dialpad call log timed out", transient=True) from None
-        except httpx.TransportError as error:
-            raise CallLogError(f"Dialpad unreachable: {type(error).__name__}", transient=True) from None
+        headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
+        response = await self._api.request("GET", self.base_url + path, params=dict(params), headers=headers)
+        return _page_body(self._api.json(response, f"GET {path}"), response.status_code)
 
     async def renew_subscriptions(
         self, now: datetime, *, renew_within_seconds: float
@@ -134,59 +104,17 @@ class DialpadCallLog:
         # Dialpad webhooks and call subscriptions have no documented expiry (providers.md §4.4).
         return []
 
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
-
-def _retry_after_seconds(value: str | None) -> float:
-    """Retry-After as delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if value is None:
-        return DEFAULT_RETRY_AFTER_SECONDS
-    text = value.strip()
-    if text.isdigit():
-        return float(int(text))
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return DEFAULT_RETRY_AFTER_SECONDS
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
-
-
-def _raise_for_status(response: httpx.Response) -> None:
-    status = response.status_code
-    if status < 300:
-        return
-    message = f"Dialpad call log answered HTTP {status}"
-    if status in (401, 403):
-        raise CallLogError(f"{message}: API key rejected", transient=False, status=status)
-    transient = status == 429 or status >= 500
-    raise CallLogError(message, transient=transient, status=status)
-
-
-def _page_body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        raise CallLogError("Dialpad call log answered non-JSON", transient=True,
-                           status=response.status_code) from None
+def _page_body(body: Any, status: int) -> dict[str, Any]:
     if (not isinstance(body, dict) or not isinstance(body.get("items") or [], list)
             or not isinstance(body.get("cursor") or "", str)):
         raise CallLogError("Dialpad call log answered an unexpected shape", transient=False,
-                           status=response.status_code)
+                           status=status)
     return {"items": body.get("items") or [], "cursor": body.get("cursor")}
 
 
-def source(
-    account: Account,
-    base_url: str,
-    credentials: Mapping[str, Any],
-    http: httpx.AsyncClient | None = None,
-    *,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> DialpadCallLog:
+def source(account: Account, base_url: str, credentials: Mapping[str, Any],
+           http: httpx.AsyncClient | None = None, *, sleep: Sleep = asyncio.sleep) -> DialpadCallLog:
     api_key = credentials.get("api_key")
     if not isinstance(api_key, str) or not api_key:
         raise CallLogError("the dialpad.api credential has no api_key", transient=False)

@@ -16,16 +16,16 @@ Every record is read through the same pure function the webhook path uses
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
+from calltime.ingest.call_logs.http import ApiClient, BearerToken, Clock, HttpSource, Sleep
 from calltime.ingest.call_logs.port import CallLogError, CallLogPage, Subscription
 from calltime.ingest.providers import graph as adapter
 from calltime.ingest.providers.model import Account, FinishedCall, InvalidNotification
@@ -41,48 +41,27 @@ MAX_SUBSCRIPTION_LIFETIME = timedelta(minutes=4230)
 RENEWAL_CLOCK_MARGIN = timedelta(minutes=5)
 TOKEN_REFRESH_MARGIN_SECONDS = 300.0
 MAX_RETRY_AFTER_SECONDS = 60.0  # a longer wait is the next sweep's job
-DEFAULT_RETRY_AFTER_SECONDS = 1.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 
-class GraphCallLogSource:
+class GraphCallLogSource(HttpSource):
     provider = PROVIDER
 
-    def __init__(
-        self,
-        account: Account,
-        base_url: str,
-        credentials: Mapping[str, Any],
-        http: httpx.AsyncClient | None = None,
-        *,
-        page_size: int | None = None,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, account: Account, base_url: str, credentials: Mapping[str, Any],
+                 http: httpx.AsyncClient | None = None, *, page_size: int | None = None,
+                 sleep: Sleep = asyncio.sleep, clock: Clock = time.monotonic) -> None:
         client_id, client_secret = credentials.get("client_id"), credentials.get("client_secret")
         if not (isinstance(client_id, str) and client_id and isinstance(client_secret, str) and client_secret):
             raise CallLogError("graph credentials need a client_id and a client_secret", transient=False)
-        self.account = account
-        self.base_url = base_url.rstrip("/")
+        token = BearerToken(self._fetch_token, clock=clock, refresh_margin=TOKEN_REFRESH_MARGIN_SECONDS)
+        api = ApiClient("Graph", http, timeout=REQUEST_TIMEOUT_SECONDS, token=token,
+                        max_retry_after=MAX_RETRY_AFTER_SECONDS, sleep=sleep)
+        super().__init__(account, base_url, api)
         tenant = credentials.get("tenant_id") or account.account_id
         self.token_url = credentials.get("token_url") or f"{self.base_url}/{quote(tenant, safe='')}/oauth2/v2.0/token"
         self._client_id = client_id
         self._client_secret = client_secret
         self._page_size = page_size
-        self._sleep = sleep
-        self._clock = clock
-        self._http = http or httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS)
-        self._owns_http = http is None
-        self._token: str | None = None
-        self._token_expires_at = 0.0
-        self._token_lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return f"GraphCallLogSource(firm_id={self.account.firm_id!r}, base_url={self.base_url!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     # --- Reading call records ---------------------------------------------------------------
 
@@ -190,28 +169,12 @@ class GraphCallLogSource:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """One API call: a fresh token after one 401, one wait for a 429's Retry-After."""
         self._require_own_host(url)
-        rejected: str | None = None
-        refreshed = throttled = False
-        while True:
-            token = await self._bearer(rejected=rejected)
-            response = await self._send(method, url, params, json_body, token, headers)
-            if response.status_code == 401 and not refreshed:
-                refreshed, rejected = True, token
-                continue
-            if response.status_code == 429 and not throttled:
-                throttled = True
-                await self._sleep(_retry_after(response))
-                continue
-            return _json_object(_checked(response, f"{method} {urlsplit(url).path}"))
-
-    async def _send(self, method, url, params, json_body, token, headers) -> httpx.Response:
-        request_headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", **(headers or {})}
-        try:
-            return await self._http.request(method, url, params=params, json=json_body, headers=request_headers)
-        except httpx.HTTPError as error:
-            raise CallLogError(f"Graph unreachable: {type(error).__name__}", transient=True) from None
+        body = await self._api.request_json(method, url, params=params, json=json_body,
+                                            headers={"Accept": "application/json", **(headers or {})})
+        if not isinstance(body, dict):
+            raise CallLogError("Graph answered JSON that is not an object", transient=True)
+        return body
 
     def _require_own_host(self, url: str) -> None:
         """Paging links come from response bodies; the bearer token goes only to our Graph host."""
@@ -219,42 +182,18 @@ class GraphCallLogSource:
         if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
             raise CallLogError(f"refusing to send the token to {theirs.netloc!r}", transient=False)
 
-    async def _bearer(self, *, rejected: str | None = None) -> str:
-        """A token valid now; a new one if `rejected` is still the current one (a concurrent
-        caller may already have replaced it)."""
-        async with self._token_lock:
-            stale = self._token_expires_at - TOKEN_REFRESH_MARGIN_SECONDS <= self._clock()
-            if self._token is None or stale or self._token == rejected:
-                await self._fetch_token()
-            assert self._token is not None
-            return self._token
-
-    async def _fetch_token(self) -> None:
+    async def _fetch_token(self) -> tuple[str, float]:
         form = {
             "client_id": self._client_id,
             "client_secret": self._client_secret,
             "scope": SCOPE,
             "grant_type": "client_credentials",
         }
-        try:
-            response = await self._http.post(self.token_url, data=form, headers={"Accept": "application/json"})
-        except httpx.HTTPError as error:
-            raise CallLogError(f"token endpoint unreachable: {type(error).__name__}", transient=True) from None
-        body = _json_object(_checked(response, "token request"))
-        token, lifetime = body.get("access_token"), body.get("expires_in", 3599)
-        if not isinstance(token, str) or not token or isinstance(lifetime, bool) or not isinstance(lifetime, (int, str)):
-            raise CallLogError("token endpoint answered without an access token", transient=True)
-        try:
-            seconds = float(int(lifetime))
-        except ValueError:
-            raise CallLogError("token endpoint answered a non-numeric expires_in", transient=True) from None
-        self._token = token
-        self._token_expires_at = self._clock() + seconds
+        return await self._api.fetch_token("POST", self.token_url, data=form, headers={"Accept": "application/json"})
 
 
-def source(account: Account, base_url: str, credentials: Mapping[str, Any],
-           http: httpx.AsyncClient | None = None) -> GraphCallLogSource:
-    return GraphCallLogSource(account, base_url, credentials, http)
+# The port's entry point: source(account, base_url, credentials, http=None, **options).
+source = GraphCallLogSource
 
 
 # --- Pure helpers ----------------------------------------------------------------------------
@@ -272,24 +211,6 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
-def _checked(response: httpx.Response, what: str) -> httpx.Response:
-    status = response.status_code
-    if status < 300:
-        return response
-    transient = status == 429 or status >= 500 or status == 408
-    raise CallLogError(f"{what} answered {status}", transient=transient, status=status)
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        raise CallLogError("Graph answered a body that is not JSON", transient=True, status=response.status_code) from None
-    if not isinstance(body, dict):
-        raise CallLogError("Graph answered JSON that is not an object", transient=True, status=response.status_code)
-    return body
-
-
 def _list(container: Mapping[str, Any], key: str) -> list[Any]:
     value = container.get(key)
     if not isinstance(value, list):
@@ -300,31 +221,6 @@ def _list(container: Mapping[str, Any], key: str) -> list[Any]:
 def _next_link(container: Mapping[str, Any], key: str) -> str | None:
     link = container.get(key)
     return link if isinstance(link, str) and link else None
-
-
-def _retry_after(response: httpx.Response) -> float:
-    """Retry-After as seconds or an HTTP date; a wait longer than we are willing to block
-    gives up now (transient) so the next sweep picks up the work."""
-    value = response.headers.get("Retry-After")
-    seconds = DEFAULT_RETRY_AFTER_SECONDS
-    if value is not None:
-        try:
-            seconds = float(int(value.strip()))
-        except ValueError:
-            seconds = _seconds_until(value)
-    if seconds > MAX_RETRY_AFTER_SECONDS:
-        raise CallLogError(f"throttled for {seconds:.0f}s", transient=True, status=429)
-    return max(seconds, 0.0)
-
-
-def _seconds_until(http_date: str) -> float:
-    try:
-        when = email.utils.parsedate_to_datetime(http_date)
-    except (TypeError, ValueError, IndexError):
-        return DEFAULT_RETRY_AFTER_SECONDS
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)  # HTTP dates are GMT
-    return (when - datetime.now(timezone.utc)).total_seconds()
 
 
 def _is_call_records(subscription: Any) -> bool:

@@ -17,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from calltime.ingest.call_logs.http import ApiClient, BearerToken, Clock, HttpSource, Sleep
 from calltime.ingest.call_logs.port import CallLogError, CallLogPage, Subscription
-from calltime.ingest.providers.model import Account, FinishedCall
+from calltime.ingest.providers.fields import firm_side_number, parse_time, whole_units
+from calltime.ingest.providers.model import Account, FinishedCall, InvalidNotification
 from calltime.phone import is_extension, normalise
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,6 @@ DEFAULT_PER_PAGE = 250  # documented default 100, maximum 1000 (providers.md §1
 MAX_PAGES = 10_000  # a paging loop that never ends is a provider bug, not a long day
 TOKEN_REFRESH_MARGIN_SECONDS = 60.0
 MAX_RETRY_AFTER_SECONDS = 120.0  # a longer wait is left to the next sweep
-DEFAULT_RETRY_AFTER_SECONDS = 1.0
 TIMEOUT_SECONDS = 30.0
 _MILLISECONDS_PER_SECOND = 1000
 
@@ -87,7 +88,7 @@ def call_times(record: Mapping[str, Any], outcome: str) -> tuple[datetime, datet
     ends = [_time(leg.get("startTime"), "legs[].startTime") + _ms(_duration_ms(leg, "legs[]."))
             for leg in _legs(record)]
     ended_at = max(ends) if ends else started_at + _ms(connected_ms)
-    seconds = _whole_seconds(connected_ms) if outcome == "answered" else 0
+    seconds = whole_units(connected_ms, _MILLISECONDS_PER_SECOND) if outcome == "answered" else 0
     return started_at, max(ended_at, started_at), seconds
 
 
@@ -117,7 +118,7 @@ def call_from_record(record: Mapping[str, Any], default_region: str) -> Finished
         direction="internal" if internal else ("inbound" if inbound else "outbound"),
         external_number_e164=normalise(other_number, default_region),
         external_number_raw=other_number,
-        internal_number=_firm_number(_number(firm_side), default_region),
+        internal_number=firm_side_number(_number(firm_side), default_region),
         provider_user_id=user,
         started_at=started_at,
         ended_at=ended_at,
@@ -130,12 +131,6 @@ def _number(side: Mapping[str, Any]) -> str | None:
     """A party's number as RingCentral shows it: the phone number, else (for an extension
     reached internally) its extension number."""
     return _text(side, "phoneNumber") or _text(side, "extensionNumber")
-
-
-def _firm_number(number: str | None, default_region: str) -> str | None:
-    if number is None:
-        return None
-    return normalise(number, default_region) or number.strip() or None
 
 
 def _legs(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -165,20 +160,13 @@ def _ms(milliseconds: int) -> timedelta:
     return timedelta(milliseconds=milliseconds)
 
 
-def _whole_seconds(milliseconds: int) -> int:
-    return (milliseconds + _MILLISECONDS_PER_SECOND // 2) // _MILLISECONDS_PER_SECOND
-
-
 def _time(value: Any, name: str) -> datetime:
     if not isinstance(value, str):
         raise UnusableRecord(f"{name} must be an ISO 8601 time")
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise UnusableRecord(f"{name} is not an ISO 8601 time: {value!r}") from None
-    if moment.tzinfo is None:
-        raise UnusableRecord(f"{name} has no UTC offset: {value!r}")
-    return moment.astimezone(timezone.utc)
+        return parse_time(value, name)
+    except InvalidNotification as error:
+        raise UnusableRecord(str(error)) from None
 
 
 def _text(container: Mapping[str, Any], key: str) -> str | None:
@@ -212,48 +200,29 @@ def rc_time(moment: datetime) -> str:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
-class RingCentralCallLog:
+class RingCentralCallLog(HttpSource):
     """`CallLogSource` for one firm's RingCentral account."""
 
     provider = PROVIDER
 
-    def __init__(
-        self,
-        account: Account,
-        base_url: str,
-        credentials: Mapping[str, Any],
-        http: httpx.AsyncClient | None = None,
-        *,
-        per_page: int = DEFAULT_PER_PAGE,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, account: Account, base_url: str, credentials: Mapping[str, Any],
+                 http: httpx.AsyncClient | None = None, *, per_page: int = DEFAULT_PER_PAGE,
+                 sleep: Sleep = asyncio.sleep, clock: Clock = time.monotonic) -> None:
         missing = [k for k in ("client_id", "client_secret", "jwt") if not credentials.get(k)]
         if missing:
             raise CallLogError(f"RingCentral API credential lacks {', '.join(missing)}",
                                transient=False)
         if not 1 <= per_page <= 1000:
             raise ValueError("per_page must be within 1..1000")
-        self.account = account
-        self.base_url = base_url.rstrip("/")
+        token = BearerToken(self._fetch_token, clock=clock, refresh_margin=TOKEN_REFRESH_MARGIN_SECONDS)
+        api = ApiClient("RingCentral", http, timeout=TIMEOUT_SECONDS, token=token,
+                        max_retry_after=MAX_RETRY_AFTER_SECONDS, sleep=sleep)
+        super().__init__(account, base_url, api)
         self._base_path = urlsplit(self.base_url).path
         self._client_id = str(credentials["client_id"])
         self._client_secret = str(credentials["client_secret"])
         self._jwt = str(credentials["jwt"])
-        self._http = http or httpx.AsyncClient(timeout=TIMEOUT_SECONDS)
-        self._owns_http = http is None
         self.per_page = per_page
-        self._sleep = sleep
-        self._clock = clock
-        self._token: str | None = None
-        self._token_expires = 0.0
-
-    def __repr__(self) -> str:
-        return f"RingCentralCallLog(firm_id={self.account.firm_id!r}, base_url={self.base_url!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     # -- CallLogSource --
 
@@ -267,7 +236,7 @@ class RingCentralCallLog:
         path = CALL_LOG_PATH
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
-            body = await self._api("GET", path, params=params)
+            body = await self._call("GET", path, params=params)
             records = _records(body)
             yield CallLogPage(records_read=len(records),
                               calls=tuple(self._calls(records, since, until)))
@@ -285,7 +254,7 @@ class RingCentralCallLog:
         re-create it (providers.md §1.4) — so it is reported as it stands, with a warning."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        listing = await self._api("GET", SUBSCRIPTIONS_PATH)
+        listing = await self._call("GET", SUBSCRIPTIONS_PATH)
         horizon = now + timedelta(seconds=renew_within_seconds)
         result = []
         for record in _records(listing):
@@ -294,7 +263,7 @@ class RingCentralCallLog:
                 log.warning("RingCentral subscription is blacklisted; it must be re-created",
                             extra={"subscription_id": subscription.subscription_id})
             elif subscription.expires_at is not None and subscription.expires_at <= horizon:
-                renewed = await self._api(
+                renewed = await self._call(
                     "POST", f"{SUBSCRIPTIONS_PATH}/{subscription.subscription_id}/renew")
                 subscription = _subscription(renewed)
             result.append(subscription)
@@ -316,96 +285,21 @@ class RingCentralCallLog:
                 calls.append(call)
         return calls
 
-    async def _api(self, method: str, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
-        token = await self._bearer()
-        response = await self._send(method, path, params=params, token=token)
-        if response.status_code == 401:
-            # Revoked or expired early: one fresh token, then the answer stands.
-            self._token = None
-            response = await self._send(method, path, params=params, token=await self._bearer())
-        _raise_for(response, f"{method} {path.split('?')[0]}")
-        return _json(response)
+    async def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
+        return await self._api.request_json(method, self.base_url + path, params=params,
+                                            headers={"Accept": "application/json"})
 
-    async def _send(self, method: str, path: str, *, params: Mapping[str, Any] | None,
-                    token: str) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        response = await self._request(method, path, params=params, headers=headers)
-        if response.status_code == 429:
-            wait = _retry_after(response)
-            if wait > MAX_RETRY_AFTER_SECONDS:
-                raise CallLogError(f"RingCentral asks to wait {wait:.0f}s", transient=True, status=429)
-            log.info("RingCentral rate limit reached; waiting %.1fs", wait)
-            await self._sleep(wait)
-            response = await self._request(method, path, params=params, headers=headers)
-        return response
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._http.request(method, self.base_url + path, **kwargs)
-        except httpx.TimeoutException:
-            raise CallLogError(f"RingCentral timed out on {method} {path.split('?')[0]}",
-                               transient=True) from None
-        except httpx.HTTPError as exc:
-            raise CallLogError(f"RingCentral unreachable: {type(exc).__name__}", transient=True) from None
-
-    async def _bearer(self) -> str:
-        if self._token is not None and self._clock() < self._token_expires:
-            return self._token
+    async def _fetch_token(self) -> tuple[str, float]:
+        # A refused credential (invalid_client 401, invalid_grant 400) is permanent: the firm
+        # must issue a new JWT or app.
         form = {"grant_type": JWT_BEARER_GRANT, "assertion": self._jwt}
-        response = await self._request("POST", TOKEN_PATH, data=form,
-                                       auth=(self._client_id, self._client_secret),
-                                       headers={"Accept": "application/json"})
-        if response.status_code == 429:
-            raise CallLogError("RingCentral token endpoint rate-limited", transient=True, status=429)
-        if 400 <= response.status_code < 500:
-            # invalid_client (401) or invalid_grant (400): the firm must issue a new JWT / app.
-            raise CallLogError(f"RingCentral refused the JWT credential ({response.status_code})",
-                               transient=False, status=response.status_code)
-        _raise_for(response, "token")
-        body = _json(response)
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise CallLogError("RingCentral token response has no access_token", transient=True)
-        lifetime = body.get("expires_in", 3600)
-        lifetime = lifetime if _is_int(lifetime) else 3600
-        self._token = token
-        self._token_expires = self._clock() + max(lifetime - TOKEN_REFRESH_MARGIN_SECONDS, 0)
-        return token
+        return await self._api.fetch_token("POST", self.base_url + TOKEN_PATH, data=form,
+                                           auth=(self._client_id, self._client_secret),
+                                           headers={"Accept": "application/json"})
 
 
-def source(
-    account: Account,
-    base_url: str,
-    credentials: Mapping[str, Any],
-    http: httpx.AsyncClient | None = None,
-    **options: Any,
-) -> RingCentralCallLog:
-    return RingCentralCallLog(account, base_url, credentials, http, **options)
-
-
-def _raise_for(response: httpx.Response, what: str) -> None:
-    status = response.status_code
-    if status < 400:
-        return
-    transient = status >= 500 or status in (408, 429)
-    raise CallLogError(f"RingCentral answered {status} to {what}", transient=transient, status=status)
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        # Gateways answer outages with HTML; the API itself always answers JSON.
-        raise CallLogError("RingCentral answered with a body that is not JSON", transient=True,
-                           status=response.status_code) from None
-
-
-def _retry_after(response: httpx.Response) -> float:
-    raw = response.headers.get("Retry-After")
-    try:
-        return max(float(raw), 0.0) if raw is not None else DEFAULT_RETRY_AFTER_SECONDS
-    except ValueError:
-        return DEFAULT_RETRY_AFTER_SECONDS
+# The port's entry point: source(account, base_url, credentials, http=None, **options).
+source = RingCentralCallLog
 
 
 def _records(body: Any) -> list[Any]:

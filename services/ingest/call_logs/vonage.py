@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 
+from calltime.ingest.call_logs.http import ApiClient, BearerToken, Clock, HttpSource, Sleep
 from calltime.ingest.call_logs.port import CallLogError, CallLogPage, Subscription
 from calltime.ingest.providers.model import Account, FinishedCall
 from calltime.ingest.providers.vonage import number_e164
@@ -117,42 +118,24 @@ def reports_window(since: datetime, until: datetime) -> tuple[str, str]:
 # --- The client ------------------------------------------------------------------------------
 
 
-class VonageCallLogs:
+class VonageCallLogs(HttpSource):
     """`CallLogSource` for one firm's VBC account."""
 
     provider = PROVIDER
 
-    def __init__(
-        self,
-        account: Account,
-        base_url: str,
-        credentials: Mapping[str, Any],
-        http: httpx.AsyncClient | None = None,
-        *,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        page_size: int = PAGE_SIZE,
-    ) -> None:
+    def __init__(self, account: Account, base_url: str, credentials: Mapping[str, Any],
+                 http: httpx.AsyncClient | None = None, *, sleep: Sleep = asyncio.sleep,
+                 clock: Clock = time.monotonic, page_size: int = PAGE_SIZE) -> None:
         missing = [key for key in _CREDENTIAL_KEYS if not credentials.get(key)]
         if missing:
             raise ValueError(f"vonage.api credentials lack {', '.join(missing)}")
-        self.account = account
-        self.base_url = base_url.rstrip("/")
+        token = BearerToken(self._fetch_token, clock=clock, refresh_margin=TOKEN_REFRESH_MARGIN_SECONDS)
+        # A 429 that names no wait is not guessed at: the next sweep comes soon enough.
+        api = ApiClient("Vonage", http, timeout=REQUEST_TIMEOUT_SECONDS, token=token,
+                        max_retry_after=MAX_RETRY_AFTER_SECONDS, default_retry_after=None, sleep=sleep)
+        super().__init__(account, base_url, api)
         self._credentials = {key: str(credentials[key]) for key in _CREDENTIAL_KEYS}
-        self._http = http or httpx.AsyncClient(timeout=REQUEST_TIMEOUT_SECONDS)
-        self._owns_http = http is None
-        self._sleep = sleep
-        self._clock = clock
         self.page_size = page_size
-        self._token: str | None = None
-        self._token_expires_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"VonageCallLogs(account_id={self.account.account_id!r}, base_url={self.base_url!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     async def pages(self, since: datetime, until: datetime) -> AsyncIterator[CallLogPage]:
         first, last = reports_window(since, until)
@@ -198,91 +181,16 @@ class VonageCallLogs:
     # -- HTTP --
 
     async def _json(self, method: str, url: str, *, params: Mapping[str, Any] | None = None) -> Any:
-        response = await self._authorised(method, url, params)
-        if response.status_code == 429:
-            await self._wait_retry_after(response)
-            response = await self._authorised(method, url, params)
-        _raise_for_status(response, f"{method} {httpx.URL(url).path}")
-        try:
-            return response.json()
-        except ValueError:
-            raise CallLogError(f"{method} {httpx.URL(url).path} answered non-JSON", transient=True,
-                               status=response.status_code) from None
+        return await self._api.request_json(method, url, params=params)
 
-    async def _authorised(self, method: str, url: str, params: Mapping[str, Any] | None) -> httpx.Response:
-        token = await self._bearer()
-        response = await self._send(method, url, params, token)
-        if response.status_code == 401:
-            self._token = None  # revoked or expired early: one fresh token, then give up
-            response = await self._send(method, url, params, await self._bearer())
-        return response
-
-    async def _send(self, method: str, url: str, params: Mapping[str, Any] | None, token: str) -> httpx.Response:
-        try:
-            return await self._http.request(method, url, params=params,
-                                            headers={"Authorization": f"Bearer {token}"})
-        except httpx.HTTPError as error:
-            raise CallLogError(f"{method} {httpx.URL(url).path} failed: {type(error).__name__}",
-                               transient=True) from None
-
-    async def _wait_retry_after(self, response: httpx.Response) -> None:
-        wait = _retry_after_seconds(response.headers.get("Retry-After"))
-        if wait is None or wait > MAX_RETRY_AFTER_SECONDS:
-            raise CallLogError("rate limited (429) for longer than one sweep may wait", transient=True,
-                               status=429)
-        log.info("Vonage rate limit reached; waiting %.1fs as Retry-After asks", wait)
-        await self._sleep(wait)
-
-    async def _bearer(self) -> str:
-        if self._token is not None and self._clock() < self._token_expires_at:
-            return self._token
+    async def _fetch_token(self) -> tuple[str, float]:
+        # A refused password grant (400/401/403) is permanent: check the vonage.api credential.
         form = {"grant_type": "password", **self._credentials}
-        try:
-            response = await self._http.post(self.base_url + TOKEN_PATH, data=form)
-        except httpx.HTTPError as error:
-            raise CallLogError(f"token request failed: {type(error).__name__}", transient=True) from None
-        if response.status_code in (400, 401, 403):
-            raise CallLogError(f"token request refused ({response.status_code}): check the"
-                               " vonage.api credentials", transient=False, status=response.status_code)
-        _raise_for_status(response, "POST /token")
-        try:
-            body = response.json()
-            token = str(body["access_token"])
-            lifetime = float(body.get("expires_in", 3600))
-        except (ValueError, KeyError, TypeError):
-            raise CallLogError("token answer without an access_token", transient=True) from None
-        self._token = token
-        self._token_expires_at = self._clock() + lifetime - TOKEN_REFRESH_MARGIN_SECONDS
-        return token
+        return await self._api.fetch_token("POST", self.base_url + TOKEN_PATH, data=form)
 
 
-def source(
-    account: Account,
-    base_url: str,
-    credentials: Mapping[str, Any],
-    http: httpx.AsyncClient | None = None,
-    **options: Any,
-) -> VonageCallLogs:
-    """The Vonage `CallLogSource`; `options` (sleep, clock, page_size) are for tests."""
-    return VonageCallLogs(account, base_url, credentials, http, **options)
-
-
-def _raise_for_status(response: httpx.Response, what: str) -> None:
-    status = response.status_code
-    if status < 300:
-        return
-    transient = status >= 500 or status in (408, 429)
-    raise CallLogError(f"{what} answered {status}", transient=transient, status=status)
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP-date: not worth a clock comparison for one retry
-    return max(seconds, 0.0)
+# The port's entry point; `options` (sleep, clock, page_size) are for tests.
+source = VonageCallLogs
 
 
 def _call_logs(body: Any) -> list[Any]:

@@ -11,14 +11,14 @@ do not expire (the endpoint is re-validated every 72 h instead), so there is not
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 
+from calltime.ingest.call_logs.http import ApiClient, BearerToken, Clock, HttpSource, Sleep
 from calltime.ingest.call_logs.port import CallLogError, CallLogPage, Subscription
 from calltime.ingest.providers.model import Account, FinishedCall, InvalidNotification
 from calltime.ingest.providers.zoom import history_call
@@ -52,61 +52,27 @@ def _ceil_second(moment: datetime) -> datetime:
     return floor if floor == moment else floor + timedelta(seconds=1)
 
 
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """`Retry-After` as seconds to wait: delta-seconds or an HTTP date (Zoom's daily limit)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        try:
-            when = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max((when - now).total_seconds(), 0.0)
-
-
-class ZoomCallLogSource:
+class ZoomCallLogSource(HttpSource):
     """The account's call history, page by page. `credentials`: {client_id, client_secret} and
     optionally account_id (else `account.account_id`)."""
 
     provider = PROVIDER
 
-    def __init__(
-        self,
-        account: Account,
-        base_url: str,
-        credentials: Mapping[str, Any],
-        http: httpx.AsyncClient | None = None,
-        *,
-        oauth_url: str | None = None,
-        page_size: int = MAX_PAGE_SIZE,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, account: Account, base_url: str, credentials: Mapping[str, Any],
+                 http: httpx.AsyncClient | None = None, *, oauth_url: str | None = None,
+                 page_size: int = MAX_PAGE_SIZE, sleep: Sleep = asyncio.sleep, clock: Clock = time.time) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
-        self.account = account
-        self.base_url = base_url.rstrip("/")
+        self._clock = clock  # wall time: it also dates an HTTP-date Retry-After
+        token = BearerToken(self._fetch_token, clock=clock, refresh_margin=TOKEN_REFRESH_MARGIN_SECONDS)
+        api = ApiClient("Zoom", http, timeout=DEFAULT_TIMEOUT_SECONDS, token=token,
+                        max_retry_after=MAX_RETRY_AFTER_SECONDS, sleep=sleep, now=self._now)
+        super().__init__(account, base_url, api)
         self.oauth_url = (oauth_url or (OAUTH_URL if self.base_url == API_URL else self.base_url)).rstrip("/")
         self._client_id = str(credentials.get("client_id") or "")
         self._client_secret = str(credentials.get("client_secret") or "")
         self._account_id = str(credentials.get("account_id") or account.account_id)
         self.page_size = page_size
-        self._sleep = sleep
-        self._clock = clock
-        self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT_SECONDS)
-        self._owns_http = http is None
-        self._token: str | None = None
-        self._token_expires_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"ZoomCallLogSource(firm_id={self.account.firm_id!r}, base_url={self.base_url!r})"
 
     async def pages(self, since: datetime, until: datetime) -> AsyncIterator[CallLogPage]:
         for start, end in _windows(since, until):
@@ -130,10 +96,6 @@ class ZoomCallLogSource:
         """Zoom's event subscriptions belong to the app and never expire: nothing to renew."""
         return []
 
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
     def _finished(self, item: Any) -> FinishedCall | None:
         try:
             return history_call(item, self.account)
@@ -149,93 +111,24 @@ class ZoomCallLogSource:
         }
         if page_token:
             params["next_page_token"] = page_token
-        response = await self._authorised_get(CALL_HISTORY_PATH, params)
-        try:
-            body = response.json()
-        except ValueError:
-            raise CallLogError("call history answered with a non-JSON body", transient=True) from None
+        body = await self._api.request_json("GET", f"{self.base_url}{CALL_HISTORY_PATH}", params=params)
         if not isinstance(body, dict):
             raise CallLogError("call history answered with a non-object body", transient=False)
         return body
 
-    async def _authorised_get(self, path: str, params: Mapping[str, str]) -> httpx.Response:
-        """One GET: a fresh token once after a 401, the server's `Retry-After` once after a 429."""
-        refreshed = waited = False
-        while True:
-            token = await self._bearer(force=refreshed)
-            response = await self._send("GET", f"{self.base_url}{path}", params=params,
-                                        headers={"Authorization": f"Bearer {token}"})
-            if response.status_code == 401 and not refreshed:
-                refreshed = True
-                continue
-            if response.status_code == 429 and not waited:
-                waited = True
-                await self._wait_retry_after(response)
-                continue
-            _raise_for_status(response, "call history")
-            return response
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), tz=timezone.utc)
 
-    async def _wait_retry_after(self, response: httpx.Response) -> None:
-        now = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
-        wait = retry_after_seconds(response.headers.get("Retry-After"), now)
-        if wait is None:
-            wait = 1.0
-        if wait > MAX_RETRY_AFTER_SECONDS:
-            raise CallLogError(f"rate limited for {wait:.0f} s", transient=True, status=429)
-        await self._sleep(wait)
-
-    async def _bearer(self, *, force: bool = False) -> str:
-        if not force and self._token and self._clock() < self._token_expires_at - TOKEN_REFRESH_MARGIN_SECONDS:
-            return self._token
+    async def _fetch_token(self) -> tuple[str, float]:
         if not (self._client_id and self._client_secret and self._account_id):
             raise CallLogError("Zoom credentials need client_id, client_secret and account_id",
                                transient=False)
-        response = await self._send(
+        return await self._api.fetch_token(
             "POST", f"{self.oauth_url}/oauth/token",
             params={"grant_type": "account_credentials", "account_id": self._account_id},
             auth=(self._client_id, self._client_secret),
         )
-        _raise_for_status(response, "token request")
-        try:
-            body = response.json()
-            token = body["access_token"]
-            expires_in = float(body.get("expires_in", 3600))
-        except (ValueError, KeyError, TypeError):
-            raise CallLogError("token response without access_token", transient=True) from None
-        if not isinstance(token, str) or not token:
-            raise CallLogError("token response without access_token", transient=True)
-        self._token = token
-        self._token_expires_at = self._clock() + expires_in
-        return token
-
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException:
-            raise CallLogError(f"{method} {url} timed out", transient=True) from None
-        except httpx.HTTPError as error:
-            raise CallLogError(f"{method} {url} failed: {type(error).__name__}", transient=True) from None
 
 
-def _raise_for_status(response: httpx.Response, what: str) -> None:
-    status = response.status_code
-    if status < 400:
-        return
-    transient = status >= 500 or status in (408, 429)
-    raise CallLogError(f"{what} answered {status}: {_reason(response)}", transient=transient, status=status)
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("reason") or body.get("error") or response.reason_phrase)
-    return response.reason_phrase
-
-
-def source(account: Account, base_url: str, credentials: Mapping[str, Any],
-           http: httpx.AsyncClient | None = None, **options: Any) -> ZoomCallLogSource:
-    """The port's entry point; `options` go to `ZoomCallLogSource` (oauth_url, page_size, ...)."""
-    return ZoomCallLogSource(account, base_url, credentials, http, **options)
+# The port's entry point; `options` go to `ZoomCallLogSource` (oauth_url, page_size, ...).
+source = ZoomCallLogSource

@@ -36,17 +36,9 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from calltime.ingest.providers.model import (
-    Account,
-    FinishedCall,
-    InvalidNotification,
-    Notice,
-    Refused,
-    Reply,
-    WebhookRequest,
-    checked_call,
-    json_text,
-)
+from calltime.ingest.providers.fields import firm_side_number, load_json, optional, required, whole_units
+from calltime.ingest.providers.model import (Account, FinishedCall, InvalidNotification, Notice, Refused,
+                                             Reply, WebhookRequest, checked_call, json_text)
 from calltime.phone import normalise
 
 REPLAY_TOLERANCE = timedelta(seconds=300)  # how far `iat` may be from our arrival time
@@ -165,10 +157,7 @@ def _reject_constant(name: str) -> Any:
 
 def parse_event(payload: bytes) -> dict[str, Any]:
     """The event object; JSON floats become Decimal so no duration is ever a float."""
-    try:
-        event = json.loads(json_text(payload), parse_float=Decimal, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise InvalidNotification(f"event payload is not JSON: {error}") from None
+    event = load_json(payload, "event payload", parse_float=Decimal, parse_constant=_reject_constant)
     if not isinstance(event, dict):
         raise InvalidNotification("event payload must be a JSON object")
     return event
@@ -200,25 +189,25 @@ class CallLeg:
 def parse_leg(event: Mapping[str, Any]) -> CallLeg:
     """Validate what the conversion relies on; other fields are not checked (a harmless new
     or differently typed field must not turn a real hangup into a 400)."""
-    target = _optional(event, "target", dict, "") or {}
-    contact = _optional(event, "contact", dict, "") or {}
+    target = optional(event, "target", dict, "") or {}
+    contact = optional(event, "contact", dict, "") or {}
     return CallLeg(
         call_id=str(_required_int64(event, "call_id")),
-        state=_required(event, "state", str, ""),
+        state=required(event, "state", str, ""),
         event_ms=_moment(event, "event_timestamp"),
         master_call_id=_optional_id(event, "master_call_id"),
         entry_point_call_id=_optional_id(event, "entry_point_call_id"),
         target_id=_contact_id(target, "target."),
-        target_type=_optional(target, "type", str, "target."),
-        target_phone=_optional(target, "phone", str, "target."),
-        contact_type=_optional(contact, "type", str, "contact."),
-        contact_phone=_optional(contact, "phone", str, "contact."),
-        direction=_optional(event, "direction", str, ""),
+        target_type=optional(target, "type", str, "target."),
+        target_phone=optional(target, "phone", str, "target."),
+        contact_type=optional(contact, "type", str, "contact."),
+        contact_phone=optional(contact, "phone", str, "contact."),
+        direction=optional(event, "direction", str, ""),
         started_ms=_moment(event, "date_started"),
         connected_ms=_moment(event, "date_connected"),
         ended_ms=_moment(event, "date_ended"),
-        external_number=_optional(event, "external_number", str, ""),
-        internal_number=_optional(event, "internal_number", str, ""),
+        external_number=optional(event, "external_number", str, ""),
+        internal_number=optional(event, "internal_number", str, ""),
         voicemail_evidence=_went_to_voicemail(event),
     )
 
@@ -233,19 +222,6 @@ def _went_to_voicemail(event: Mapping[str, Any]) -> bool:
     if not isinstance(details, list):
         return False
     return any(isinstance(d, dict) and d.get("recording_type") == "voicemail" for d in details)
-
-
-def _required(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    value = container.get(key)
-    if value is None:
-        raise InvalidNotification(f"{where}{key} is missing")
-    if not isinstance(value, kind):
-        raise InvalidNotification(f"{where}{key} must be {_JSON_NAMES[kind]}, not {_json_type(value)}")
-    return value
-
-
-def _optional(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    return None if container.get(key) is None else _required(container, key, kind, where)
 
 
 def _int64(value: Any, name: str) -> int:
@@ -289,17 +265,6 @@ def _moment(container: Mapping[str, Any], key: str) -> int | None:
     return value or None
 
 
-_JSON_NAMES: dict[type, str] = {str: "a string", dict: "an object", list: "an array"}
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, Decimal)):
-        return "a number"
-    return _JSON_NAMES.get(type(value), "null")
-
-
 # --- Conversion --------------------------------------------------------------------------------
 
 
@@ -334,8 +299,7 @@ def connected_seconds(connected_ms: int | None, ended_ms: int) -> int:
     """
     if connected_ms is None:
         return 0
-    span = max(ended_ms - connected_ms, 0)
-    return (span + _MS_PER_SECOND // 2) // _MS_PER_SECOND
+    return whole_units(ended_ms - connected_ms, _MS_PER_SECOND)
 
 
 def _result(leg: CallLeg) -> str:
@@ -378,19 +342,13 @@ def to_finished_call(leg: CallLeg, account: Account) -> FinishedCall | None:
         direction=_direction(leg),
         external_number_e164=normalise(other, account.phone_region),
         external_number_raw=other,
-        internal_number=_firm_side_number(firm_number, account.phone_region),
+        internal_number=firm_side_number(firm_number, account.phone_region),
         provider_user_id=user,
         started_at=_at(leg.started_ms),
         ended_at=_at(max(ended_ms, leg.started_ms)),
         duration_seconds=connected_seconds(leg.connected_ms, ended_ms),
         result=_result(leg),
     )
-
-
-def _firm_side_number(number: str | None, region: str) -> str | None:
-    if number is None:
-        return None
-    return normalise(number, region) or number.strip() or None
 
 
 def _dedupe_key(leg: CallLeg) -> str:
@@ -431,7 +389,7 @@ class DialpadProvider:
     def notices(self, request: WebhookRequest, account: Account) -> Sequence[Notice]:
         payload = event_payload(request.body)
         event = parse_event(payload)
-        state = _required(event, "state", str, "")
+        state = required(event, "state", str, "")
         if state != HANGUP:
             return []
         leg = parse_leg(event)

@@ -27,17 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from calltime.ingest.providers.model import (
-    Account,
-    FinishedCall,
-    InvalidNotification,
-    Notice,
-    Refused,
-    Reply,
-    WebhookRequest,
-    checked_call,
-    json_text,
-)
+from calltime.ingest.providers.fields import (load_json, optional, require_object, required, secret_matches,
+                                              whole_units)
+from calltime.ingest.providers.model import (Account, FinishedCall, InvalidNotification, Notice, Refused,
+                                             Reply, WebhookRequest, checked_call)
 from calltime.phone import normalise
 
 NAME = "graph"
@@ -95,7 +88,7 @@ class GraphProvider:
         if not items:
             raise Refused(401, "no notification to authenticate")
         for index, item in enumerate(items):
-            if not _secret_matches(item.get("clientState"), account.webhook_secret):
+            if not secret_matches(item.get("clientState"), account.webhook_secret):
                 raise Refused(401, f"value[{index}].clientState is missing or wrong")
         for index, item in enumerate(items):
             tenant = item.get("tenantId")
@@ -203,37 +196,27 @@ def ticks_to_datetime(ticks: int) -> datetime:
 
 def whole_seconds(ticks: int) -> int:
     """Ticks as whole seconds, rounded half up; negative spans count as 0."""
-    return (max(ticks, 0) + TICKS_PER_SECOND // 2) // TICKS_PER_SECOND
+    return whole_units(ticks, TICKS_PER_SECOND)
 
 
 # --- Notifications ---------------------------------------------------------------------------
 
 
 def _notification_items(body: bytes) -> list[dict[str, Any]]:
-    envelope = _json(body)
-    _require_object(envelope, "notification collection")
-    items = _required(envelope, "value", list, "")
+    envelope = load_json(body)
+    require_object(envelope, "notification collection")
+    items = required(envelope, "value", list, "")
     for index, item in enumerate(items):
-        _require_object(item, f"value[{index}]")
+        require_object(item, f"value[{index}]")
     return items
 
 
-def _secret_matches(presented: Any, expected: str) -> bool:
-    """Constant-time; an unset secret never matches anything."""
-    if not isinstance(presented, str) or not expected:
-        return False
-    try:
-        return hmac.compare_digest(presented.encode(), expected.encode())
-    except UnicodeEncodeError:  # "\ud800" in the body, before anything is authenticated
-        return False
-
-
 def _change_notice(item: Mapping[str, Any], where: str) -> Notice | None:
-    if _optional(item, "lifecycleEvent", str, where) is not None:
+    if optional(item, "lifecycleEvent", str, where) is not None:
         return None
-    change = _required(item, "changeType", str, where)
-    resource = _required(item, "resource", str, where)
-    subscription = _required(item, "subscriptionId", str, where)
+    change = required(item, "changeType", str, where)
+    resource = required(item, "resource", str, where)
+    subscription = required(item, "subscriptionId", str, where)
     if change not in _CHANGE_TYPES:
         return None  # callRecords are never deleted by notification; anything else is noise
     record_id = _record_id(item, resource, where)
@@ -250,12 +233,12 @@ def _change_notice(item: Mapping[str, Any], where: str) -> Notice | None:
 def _record_id(item: Mapping[str, Any], resource: str, where: str) -> str | None:
     """The callRecord id named by the notification, or None when it is about something else."""
     match = _CALL_RECORD_RESOURCE.fullmatch(resource.strip())
-    data = _optional(item, "resourceData", dict, where) or {}
-    kind = _optional(data, "@odata.type", str, f"{where}resourceData.")
+    data = optional(item, "resourceData", dict, where) or {}
+    kind = optional(data, "@odata.type", str, f"{where}resourceData.")
     if match is None or (kind is not None and kind.lower() != _CALL_RECORD_TYPE):
         return None
     record_id = _checked_id(match.group(1), f"{where}resource")
-    data_id = _optional(data, "id", str, f"{where}resourceData.")
+    data_id = optional(data, "id", str, f"{where}resourceData.")
     if data_id is not None and data_id != record_id:
         raise InvalidNotification(f"{where}resourceData.id does not match {where}resource")
     return record_id
@@ -285,8 +268,8 @@ def _delivery_key(
     """
     data = item.get("resourceData") if isinstance(item.get("resourceData"), dict) else {}
     parts = [record_id, change, subscription]
-    notification_id = _optional(item, "id", str, where)
-    etag = _optional(data, "@odata.etag", str, f"{where}resourceData.")
+    notification_id = optional(item, "id", str, where)
+    etag = optional(data, "@odata.etag", str, f"{where}resourceData.")
     if notification_id is not None:
         parts.append(f"id={notification_id}")
     elif etag is not None:
@@ -304,10 +287,7 @@ def _stored_item(item: Mapping[str, Any]) -> bytes:
 
 def _is_record_body(body: bytes) -> bool:
     """Stored notification items carry `changeType`; everything else stored is a record."""
-    try:
-        parsed = json.loads(json_text(body))
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidNotification("a stored body is not JSON") from None
+    parsed = load_json(body, "a stored body")
     return isinstance(parsed, dict) and "changeType" not in parsed and "lifecycleEvent" not in parsed
 
 
@@ -348,13 +328,13 @@ def _parse_record(raw: bytes) -> CallRecord:
     """A callRecord as fetched. Only what calltime relies on is required (`id`, `version`,
     `startDateTime`, `endDateTime`, and each session's times); other fields are type-checked
     when present. Raises InvalidNotification naming the field."""
-    record = _json(raw)
-    _require_object(record, "callRecord")
-    sessions = _optional(record, "sessions", list, "") or []
-    participants = _optional(record, "participants_v2", list, "") or []
+    record = load_json(raw)
+    require_object(record, "callRecord")
+    sessions = optional(record, "sessions", list, "") or []
+    participants = optional(record, "participants_v2", list, "") or []
     return CallRecord(
-        id=_checked_id(_required(record, "id", str, ""), "id"),
-        version=_required(record, "version", int, ""),
+        id=_checked_id(required(record, "id", str, ""), "id"),
+        version=required(record, "version", int, ""),
         start=_required_time(record, "startDateTime", ""),
         end=_required_time(record, "endDateTime", ""),
         organizer=_participant(record.get("organizer_v2"), "organizer_v2."),
@@ -371,11 +351,11 @@ def _parse_record(raw: bytes) -> CallRecord:
 
 
 def _session(raw: Any, where: str) -> Session:
-    _require_object(raw, where.rstrip("."))
-    failure = _optional(raw, "failureInfo", dict, where)
+    require_object(raw, where.rstrip("."))
+    failure = optional(raw, "failureInfo", dict, where)
     stage = None
     if failure is not None:
-        stage = _optional(failure, "stage", str, f"{where}failureInfo.") or "unknown"
+        stage = optional(failure, "stage", str, f"{where}failureInfo.") or "unknown"
     return Session(
         caller=_endpoint(raw.get("caller"), f"{where}caller."),
         callee=_endpoint(raw.get("callee"), f"{where}callee."),
@@ -390,12 +370,12 @@ def _endpoint(raw: Any, where: str) -> Party | None:
     `associatedIdentity` (a user, as in the reference sample)."""
     if raw is None:
         return None
-    _require_object(raw, where.rstrip("."))
-    agent = _optional(raw, "userAgent", dict, where) or {}
-    role = _optional(agent, "role", str, f"{where}userAgent.")
-    party = _identity_set(_optional(raw, "identity", dict, where), f"{where}identity.")
+    require_object(raw, where.rstrip("."))
+    agent = optional(raw, "userAgent", dict, where) or {}
+    role = optional(agent, "role", str, f"{where}userAgent.")
+    party = _identity_set(optional(raw, "identity", dict, where), f"{where}identity.")
     if party is None:
-        associated = _optional(raw, "associatedIdentity", dict, where)
+        associated = optional(raw, "associatedIdentity", dict, where)
         if associated is not None:
             party = _identity("user", associated, f"{where}associatedIdentity.")
     if party is None:
@@ -406,8 +386,8 @@ def _endpoint(raw: Any, where: str) -> Party | None:
 def _participant(raw: Any, where: str) -> Party | None:
     if raw is None:
         return None
-    _require_object(raw, where.rstrip("."))
-    return _identity_set(_optional(raw, "identity", dict, where), f"{where}identity.")
+    require_object(raw, where.rstrip("."))
+    return _identity_set(optional(raw, "identity", dict, where), f"{where}identity.")
 
 
 def _identity_set(identities: Mapping[str, Any] | None, where: str) -> Party | None:
@@ -415,7 +395,7 @@ def _identity_set(identities: Mapping[str, Any] | None, where: str) -> Party | N
     if not identities:
         return None
     for key in ("user", "phone"):
-        value = _optional(identities, key, dict, where)
+        value = optional(identities, key, dict, where)
         if value is not None:
             return _identity(key, value, f"{where}{key}.")
     for key, value in identities.items():
@@ -427,8 +407,8 @@ def _identity_set(identities: Mapping[str, Any] | None, where: str) -> Party | N
 def _identity(kind: str, raw: Mapping[str, Any], where: str) -> Party:
     return Party(
         kind=kind,
-        id=_optional(raw, "id", str, where),
-        tenant_id=_optional(raw, "tenantId", str, where),
+        id=optional(raw, "id", str, where),
+        tenant_id=optional(raw, "tenantId", str, where),
     )
 
 
@@ -567,61 +547,12 @@ def _union_length(spans: Iterable[tuple[int, int]]) -> int:
     return total
 
 
-# --- JSON helpers ----------------------------------------------------------------------------
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(json_text(raw))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise InvalidNotification(f"body is not JSON: {type(error).__name__}") from None
-
-
-def _require_object(value: Any, name: str) -> None:
-    if not isinstance(value, dict):
-        raise InvalidNotification(f"{name} must be a JSON object, not {_json_type(value)}")
-
-
-def _required(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    if container.get(key) is None:
-        raise InvalidNotification(f"{where}{key} is missing")
-    return _typed(container[key], key, kind, where)
-
-
-def _optional(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    value = container.get(key)
-    return None if value is None else _typed(value, key, kind, where)
-
-
-def _typed(value: Any, key: str, kind: type, where: str) -> Any:
-    # bool is an int in Python, but `"version": true` is not a version.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidNotification(f"{where}{key} must be {_JSON_NAMES[kind]}, not {_json_type(value)}")
-    return value
+# --- Graph's times --------------------------------------------------------------------------
 
 
 def _required_time(container: Mapping[str, Any], key: str, where: str) -> int:
-    text = _required(container, key, str, where)
+    text = required(container, key, str, where)
     try:
         return parse_graph_time(text)
     except ValueError:
         raise InvalidNotification(f"{where}{key} is not an ISO 8601 time: {text[:40]!r}") from None
-
-
-_JSON_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    bool: "a boolean",
-    dict: "an object",
-    list: "an array",
-}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return _JSON_NAMES.get(type(value), type(value).__name__)

@@ -13,25 +13,17 @@ guaranteed (order by `body.sequence`) and duplicates are possible (dedupe on env
 
 from __future__ import annotations
 
-import hmac
-import json
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
-from calltime.ingest.providers.model import (
-    Account,
-    FinishedCall,
-    InvalidNotification,
-    Notice,
-    Refused,
-    Reply,
-    WebhookRequest,
-    checked_call,
-    json_text,
-)
+from calltime.ingest.providers.fields import (firm_side_number, load_json, optional, optional_time,
+                                              require_object, required, required_time, secret_matches,
+                                              span_seconds)
+from calltime.ingest.providers.model import (Account, FinishedCall, InvalidNotification, Notice, Refused,
+                                             Reply, WebhookRequest, checked_call)
 from calltime.phone import is_extension, normalise
 
 __all__ = [
@@ -59,8 +51,6 @@ _VOICEMAIL = "VoiceMail"
 # `Gone` means the party left for another session (transfer); for the firm user the call in
 # this session is over either way.
 _ENDED = frozenset({"Disconnected", "Gone"})
-
-_MICROSECONDS_PER_SECOND = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -139,11 +129,8 @@ def presented_token(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def token_matches(presented: str | None, expected: str) -> bool:
-    """Constant-time comparison; an unset expected token never matches anything."""
-    if presented is None or not expected:
-        return False
-    return hmac.compare_digest(presented.encode(), expected.encode())
+# Constant-time comparison; an unset expected token never matches anything.
+token_matches = secret_matches
 
 
 # --- Parsing ---------------------------------------------------------------------------------
@@ -158,18 +145,15 @@ def parse_notification(raw_body: bytes) -> SessionNotification:
     harmless variation would answer RingCentral with a 4xx, and enough of those blacklist the
     subscription. Unknown keys are ignored.
     """
-    try:
-        envelope = json.loads(json_text(raw_body))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise InvalidNotification(f"body is not JSON: {error}") from None
-    _require_object(envelope, "notification")
-    body = _required(envelope, "body", dict, "")
+    envelope = load_json(raw_body)
+    require_object(envelope, "notification")
+    body = required(envelope, "body", dict, "")
     notification = SessionNotification(
-        uuid=_required(envelope, "uuid", str, ""),
-        event=_required(envelope, "event", str, ""),
-        timestamp=_optional_time(envelope, "timestamp", ""),
-        subscription_id=_optional(envelope, "subscriptionId", str, ""),
-        owner_id=_optional(envelope, "ownerId", str, ""),
+        uuid=required(envelope, "uuid", str, ""),
+        event=required(envelope, "event", str, ""),
+        timestamp=optional_time(envelope, "timestamp", ""),
+        subscription_id=optional(envelope, "subscriptionId", str, ""),
+        owner_id=optional(envelope, "ownerId", str, ""),
     )
     if not notification.is_telephony_session:
         return notification
@@ -179,103 +163,37 @@ def parse_notification(raw_body: bytes) -> SessionNotification:
         timestamp=notification.timestamp,
         subscription_id=notification.subscription_id,
         owner_id=notification.owner_id,
-        sequence=_required(body, "sequence", int, "body."),
-        telephony_session_id=_required(body, "telephonySessionId", str, "body."),
-        session_id=_optional(body, "sessionId", str, "body."),
-        event_time=_required_time(body, "eventTime", "body."),
+        sequence=required(body, "sequence", int, "body."),
+        telephony_session_id=required(body, "telephonySessionId", str, "body."),
+        session_id=optional(body, "sessionId", str, "body."),
+        event_time=required_time(body, "eventTime", "body."),
         parties=_parse_parties(body),
     )
 
 
 def _parse_parties(body: Mapping[str, Any]) -> tuple[Party, ...]:
-    parties = _required(body, "parties", list, "body.")
+    parties = required(body, "parties", list, "body.")
     return tuple(_parse_party(raw, f"body.parties[{index}].") for index, raw in enumerate(parties))
 
 
 def _parse_party(raw: Any, where: str) -> Party:
-    _require_object(raw, where.rstrip("."))
-    caller = _optional(raw, "from", dict, where) or {}
-    callee = _optional(raw, "to", dict, where) or {}
-    status = _required(raw, "status", dict, where)
+    require_object(raw, where.rstrip("."))
+    caller = optional(raw, "from", dict, where) or {}
+    callee = optional(raw, "to", dict, where) or {}
+    status = required(raw, "status", dict, where)
     return Party(
-        id=_required(raw, "id", str, where),
-        extension_id=_optional(raw, "extensionId", str, where),
-        account_id=_optional(raw, "accountId", str, where),
-        direction=_optional(raw, "direction", str, where),
-        from_number=_optional(caller, "phoneNumber", str, f"{where}from."),
-        from_extension_id=_optional(caller, "extensionId", str, f"{where}from."),
-        to_number=_optional(callee, "phoneNumber", str, f"{where}to."),
-        to_extension_id=_optional(callee, "extensionId", str, f"{where}to."),
-        status_code=_required(status, "code", str, f"{where}status."),
-        missed_call=_optional(raw, "missedCall", bool, where) or False,
-        status_reason=_optional(status, "reason", str, f"{where}status."),
+        id=required(raw, "id", str, where),
+        extension_id=optional(raw, "extensionId", str, where),
+        account_id=optional(raw, "accountId", str, where),
+        direction=optional(raw, "direction", str, where),
+        from_number=optional(caller, "phoneNumber", str, f"{where}from."),
+        from_extension_id=optional(caller, "extensionId", str, f"{where}from."),
+        to_number=optional(callee, "phoneNumber", str, f"{where}to."),
+        to_extension_id=optional(callee, "extensionId", str, f"{where}to."),
+        status_code=required(status, "code", str, f"{where}status."),
+        missed_call=optional(raw, "missedCall", bool, where) or False,
+        status_reason=optional(status, "reason", str, f"{where}status."),
     )
-
-
-def _require_object(value: Any, name: str) -> None:
-    if not isinstance(value, dict):
-        raise InvalidNotification(f"{name} must be a JSON object, not {_json_type(value)}")
-
-
-def _required(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    if key not in container or container[key] is None:
-        raise InvalidNotification(f"{where}{key} is missing")
-    return _typed(container[key], key, kind, where)
-
-
-def _optional(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    value = container.get(key)
-    return None if value is None else _typed(value, key, kind, where)
-
-
-def _typed(value: Any, key: str, kind: type, where: str) -> Any:
-    # bool is a subclass of int in Python, but `"sequence": true` is not a sequence number.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidNotification(
-            f"{where}{key} must be {_JSON_NAMES[kind]}, not {_json_type(value)}"
-        )
-    return value
-
-
-def _required_time(container: Mapping[str, Any], key: str, where: str) -> datetime:
-    return _parse_time(_required(container, key, str, where), f"{where}{key}")
-
-
-def _optional_time(container: Mapping[str, Any], key: str, where: str) -> datetime | None:
-    text = _optional(container, key, str, where)
-    return None if text is None else _parse_time(text, f"{where}{key}")
-
-
-def _parse_time(text: str, name: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidNotification(f"{name} is not an ISO 8601 time: {text!r}") from None
-    if moment.tzinfo is None:
-        raise InvalidNotification(f"{name} has no UTC offset: {text!r}")
-    try:
-        return moment.astimezone(timezone.utc)
-    except OverflowError:  # 0001-01-01T00:00:00+01:00 is a valid ISO time but no UTC one
-        raise InvalidNotification(f"{name} is out of range in UTC: {text!r}") from None
-
-
-_JSON_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    bool: "a boolean",
-    dict: "an object",
-    list: "an array",
-}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return _JSON_NAMES.get(type(value), type(value).__name__)
 
 
 # --- Assembling one call ---------------------------------------------------------------------
@@ -397,11 +315,11 @@ def _finished_call(
         direction="internal" if internal else ("outbound" if user_is_caller else "inbound"),
         external_number_e164=normalise(other_number, default_region),
         external_number_raw=other_number,
-        internal_number=_firm_side_number(firm_number, default_region),
+        internal_number=firm_side_number(firm_number, default_region),
         provider_user_id=str(user.extension_id),
         started_at=started_at,
         ended_at=end.event_time,
-        duration_seconds=_whole_seconds(end.event_time - answered_at) if answered_at else 0,
+        duration_seconds=span_seconds(end.event_time - answered_at) if answered_at else 0,
         result=_result(history),
         last_sequence=max(n.sequence for n in ordered if n.sequence is not None),
     )
@@ -427,18 +345,6 @@ def _user_is_caller(user: Party) -> bool:
         if user.from_extension_id == user.extension_id:
             return True
     return user.direction == "Outbound"
-
-
-def _firm_side_number(number: str | None, default_region: str) -> str | None:
-    if number is None:
-        return None
-    return normalise(number, default_region) or number.strip() or None
-
-
-def _whole_seconds(span: timedelta) -> int:
-    """Seconds rounded half up, in integer microseconds so no float ever touches a duration."""
-    microseconds = max(span // timedelta(microseconds=1), 0)
-    return (microseconds + _MICROSECONDS_PER_SECOND // 2) // _MICROSECONDS_PER_SECOND
 
 
 def _result(history: Sequence[_Snapshot]) -> str:
@@ -545,8 +451,8 @@ def named_account_ids(raw_body: bytes) -> set[str]:
     names nothing here; `notices` rejects it with its reason.
     """
     try:
-        envelope = json.loads(json_text(raw_body))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        envelope = load_json(raw_body)
+    except InvalidNotification:
         return set()
     if not isinstance(envelope, dict):
         return set()

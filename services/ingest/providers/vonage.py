@@ -29,20 +29,13 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from calltime.ingest.providers.model import (
-    Account,
-    FinishedCall,
-    InvalidNotification,
-    Notice,
-    Refused,
-    Reply,
-    WebhookRequest,
-    checked_call,
-    json_text,
-)
+from calltime.ingest.providers.fields import (json_type, load_json, optional, optional_time, require_object,
+                                              required, required_time, whole_units)
+from calltime.ingest.providers.model import (Account, FinishedCall, InvalidNotification, Notice, Refused,
+                                             Reply, WebhookRequest, checked_call)
 from calltime.phone import normalise
 
 SIGNATURE_HEADER = "X-VON-Signature"
@@ -164,90 +157,50 @@ def split_external_id(external_id: str) -> tuple[str, str | None]:
 
 def delivery_parts(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """(event, metadata) of one delivery body; metadata is {} when the policy is not BODY."""
-    try:
-        envelope = json.loads(json_text(body))
-    except (ValueError, RecursionError) as error:
-        raise InvalidNotification(f"body is not JSON: {error}") from None
-    _require_object(envelope, "body")
+    envelope = load_json(body)
+    require_object(envelope, "body")
     event = envelope.get("event")
-    _require_object(event, "event")
+    require_object(event, "event")
     metadata = envelope.get("metadata")
     if metadata is None:
         return event, {}
-    _require_object(metadata, "metadata")
+    require_object(metadata, "metadata")
     return event, metadata
 
 
 def event_type_and_state(event: Mapping[str, Any]) -> tuple[str, str]:
-    return _required(event, "type", str, "event."), _required(event, "state", str, "event.")
+    return required(event, "type", str, "event."), required(event, "state", str, "event.")
 
 
 def parse_call_event(event: Mapping[str, Any]) -> CallEvent:
     """A final-or-not CALL event, every field calltime relies on checked. Raises
     InvalidNotification naming the offending field; unknown keys are ignored."""
     where = "event."
-    direction = _required(event, "direction", str, where)
+    direction = required(event, "direction", str, where)
     if direction not in _DIRECTIONS:
         raise InvalidNotification(f"event.direction must be INBOUND or OUTBOUND, not {direction!r}")
-    duration = _optional(event, "duration", int, where) or 0
+    duration = optional(event, "duration", int, where) or 0
     if not 0 <= duration <= MAX_DURATION_MS:
         raise InvalidNotification(f"event.duration is out of range: {duration}")
     return CallEvent(
         id=_required_id(event, "id", where),
-        state=_required(event, "state", str, where),
+        state=required(event, "state", str, where),
         account_id=_required_id(event, "accountId", where),
         user_id=_required_id(event, "userId", where),
         direction=direction,
-        internal=_optional(event, "internal", bool, where) or False,
-        phone_number=_optional(event, "phoneNumber", str, where),
-        external_id=_required(event, "externalId", str, where),
-        start_time=_required_time(event, "startTime", where),
-        answer_time=_optional_time(event, "answerTime", where),
-        end_time=_optional_time(event, "endTime", where),
+        internal=optional(event, "internal", bool, where) or False,
+        phone_number=optional(event, "phoneNumber", str, where),
+        external_id=required(event, "externalId", str, where),
+        start_time=required_time(event, "startTime", where),
+        answer_time=optional_time(event, "answerTime", where),
+        end_time=optional_time(event, "endTime", where),
         duration_ms=duration,
     )
 
 
-def parse_vis_time(text: str, name: str = "time") -> datetime:
-    """`2020-10-01T16:10:06.000+0000` (or any ISO 8601 with an offset) as an aware UTC time."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidNotification(f"{name} is not an ISO 8601 time: {text!r}") from None
-    if moment.tzinfo is None:
-        raise InvalidNotification(f"{name} has no UTC offset: {text!r}")
-    try:
-        return moment.astimezone(timezone.utc)
-    except OverflowError:
-        raise InvalidNotification(f"{name} is out of range in UTC: {text!r}") from None
-
-
 def whole_seconds(milliseconds: int) -> int:
     """Milliseconds to whole seconds, half up, in integers only."""
-    return (milliseconds + _MILLISECONDS_PER_SECOND // 2) // _MILLISECONDS_PER_SECOND
-
-
-def _require_object(value: Any, name: str) -> None:
-    if not isinstance(value, dict):
-        raise InvalidNotification(f"{name} must be a JSON object, not {_json_type(value)}")
-
-
-def _required(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    if container.get(key) is None:
-        raise InvalidNotification(f"{where}{key} is missing")
-    return _typed(container[key], key, kind, where)
-
-
-def _optional(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    value = container.get(key)
-    return None if value is None else _typed(value, key, kind, where)
-
-
-def _typed(value: Any, key: str, kind: type, where: str) -> Any:
-    # bool is an int in Python, but `"duration": true` is not a duration.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidNotification(f"{where}{key} must be {_JSON_NAMES[kind]}, not {_json_type(value)}")
-    return value
+    return whole_units(milliseconds, _MILLISECONDS_PER_SECOND)
 
 
 def _required_id(container: Mapping[str, Any], key: str, where: str) -> str:
@@ -256,39 +209,11 @@ def _required_id(container: Mapping[str, Any], key: str, where: str) -> str:
     if value is None:
         raise InvalidNotification(f"{where}{key} is missing")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidNotification(f"{where}{key} must be a string or an integer, not {_json_type(value)}")
+        raise InvalidNotification(f"{where}{key} must be a string or an integer, not {json_type(value)}")
     text = str(value)
     if not text:
         raise InvalidNotification(f"{where}{key} is empty")
     return text
-
-
-def _required_time(container: Mapping[str, Any], key: str, where: str) -> datetime:
-    return parse_vis_time(_required(container, key, str, where), f"{where}{key}")
-
-
-def _optional_time(container: Mapping[str, Any], key: str, where: str) -> datetime | None:
-    text = _optional(container, key, str, where)
-    return None if text is None else parse_vis_time(text, f"{where}{key}")
-
-
-_JSON_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    bool: "a boolean",
-    dict: "an object",
-    list: "an array",
-}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return _JSON_NAMES.get(type(value), type(value).__name__)
 
 
 # --- Assembling one call ---------------------------------------------------------------------
@@ -388,11 +313,8 @@ class VonageProvider:
 
 
 def _stored_event(body: bytes) -> CallEvent:
-    try:
-        event = json.loads(json_text(body))
-    except (ValueError, RecursionError) as error:
-        raise InvalidNotification(f"stored body is not JSON: {error}") from None
-    _require_object(event, "event")
+    event = load_json(body, "stored body")
+    require_object(event, "event")
     return parse_call_event(event)
 
 

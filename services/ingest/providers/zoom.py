@@ -26,17 +26,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from calltime.ingest.providers.model import (
-    Account,
-    FinishedCall,
-    InvalidNotification,
-    Notice,
-    Refused,
-    Reply,
-    WebhookRequest,
-    checked_call,
-    json_text,
-)
+from calltime.ingest.providers.fields import (load_json, optional, optional_time, require_object, required,
+                                              required_time, span_seconds, typed)
+from calltime.ingest.providers.model import (Account, FinishedCall, InvalidNotification, Notice, Refused,
+                                             Reply, WebhookRequest, checked_call)
 from calltime.phone import is_extension, normalise
 
 NAME = "zoom"
@@ -126,13 +119,6 @@ def verify_signature(request: WebhookRequest, secret: str) -> None:
         raise Refused(401, f"{TIMESTAMP_HEADER} is outside the {REPLAY_TOLERANCE.seconds} s window")
 
 
-def _loads(body: bytes) -> Any:
-    try:
-        return json.loads(json_text(body))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise InvalidNotification(f"body is not JSON: {error}") from None
-
-
 def _utf8(text: str) -> bool:
     """False for text holding a lone surrogate escape (\ud800), which has no UTF-8 to sign."""
     try:
@@ -144,7 +130,7 @@ def _utf8(text: str) -> bool:
 
 def _loads_or_none(body: bytes) -> Any:
     try:
-        return _loads(body)
+        return load_json(body)
     except InvalidNotification:
         return None
 
@@ -181,7 +167,7 @@ class ZoomPhone:
             raise Refused(403, "payload.account_id is not this firm's Zoom account")
 
     def notices(self, request: WebhookRequest, account: Account) -> Sequence[Notice]:
-        envelope = _envelope(_loads(request.body))
+        envelope = _envelope(load_json(request.body))
         event = envelope["event"]
         if event in ENDED_EVENTS:
             record = _parse_ended(envelope)
@@ -257,19 +243,19 @@ def _answered(record: _Record) -> bool:
 
 
 def _envelope(envelope: Any) -> dict[str, Any]:
-    _require_object(envelope, "body")
-    event = _required(envelope, "event", str, "")
+    require_object(envelope, "body")
+    event = required(envelope, "event", str, "")
     if event not in ENDED_EVENTS and event not in RECORD_EVENTS:
         return envelope
-    payload = _required(envelope, "payload", dict, "")
-    _required(payload, "account_id", str, "payload.")
-    _required(payload, "object", dict, "payload.")
-    _optional(envelope, "event_ts", int, "")
+    payload = required(envelope, "payload", dict, "")
+    required(payload, "account_id", str, "payload.")
+    required(payload, "object", dict, "payload.")
+    optional(envelope, "event_ts", int, "")
     return envelope
 
 
 def _records_of(body: bytes) -> list[_Record]:
-    envelope = _envelope(_loads(body))
+    envelope = _envelope(load_json(body))
     if envelope["event"] in ENDED_EVENTS:
         return [_parse_ended(envelope)]
     if envelope["event"] in RECORD_EVENTS:
@@ -284,12 +270,12 @@ def _split_records(envelope: dict[str, Any]) -> list[tuple[_Record, dict[str, An
     owner, authority, key = RECORD_EVENTS[event]
     payload = envelope["payload"]
     obj = payload["object"]
-    owner_user = _optional(obj, "user_id", str, "payload.object.")
-    items = _required(obj, key, list, "payload.object.")
+    owner_user = optional(obj, "user_id", str, "payload.object.")
+    items = required(obj, key, list, "payload.object.")
     out = []
     for index, item in enumerate(items):
         where = f"payload.object.{key}[{index}]."
-        _require_object(item, where.rstrip("."))
+        require_object(item, where.rstrip("."))
         record = _parse_record_item(item, where, owner, authority, owner_user)
         single = {
             "event": event,
@@ -310,29 +296,36 @@ def _parse_record_item(item: Mapping[str, Any], where: str, owner: str, authorit
     if owner_user and not parties[owner].user_id:
         parties[owner] = replace(parties[owner], user_id=owner_user)
     connected = (_optional_count(item, "talk_time", where) or 0) + (_optional_count(item, "hold_time", where) or 0)
+    return _v2_record(item, where, authority, id_key, owner, parties, connected, "result")
+
+
+def _v2_record(item: Mapping[str, Any], where: str, authority: int, id_key: str, owner: str,
+               parties: Mapping[str, _Party], connected: int, result_key: str) -> _Record:
+    """A record in the v2/v3 (and call-history API) shape: `start_time`/`end_time`,
+    `connect_type`, and a result Zoom's vocabulary names."""
     return _Record(
         authority=authority,
-        record_id=_required(item, id_key, str, where),
-        call_id=_required(item, "call_id", str, where),
+        record_id=required(item, id_key, str, where),
+        call_id=required(item, "call_id", str, where),
         owner=owner,
         caller=parties[CALLER],
         callee=parties[CALLEE],
         internal=_connect_type(item, where),
-        started_at=_required_time(item, "start_time", where),
-        ended_at=_required_time(item, "end_time", where),
+        started_at=required_time(item, "start_time", where),
+        ended_at=required_time(item, "end_time", where),
         connected_seconds=connected,
-        result=_result(_optional(item, "result", str, where), connected),
+        result=_result(optional(item, result_key, str, where), connected),
     )
 
 
 def _v2_party(item: Mapping[str, Any], side: str, where: str) -> _Party:
-    ext_type = _optional(item, f"{side}_ext_type", str, where)
-    number_type = _optional(item, f"{side}_number_type", str, where)
-    ext_id = _optional(item, f"{side}_ext_id", str, where)
+    ext_type = optional(item, f"{side}_ext_type", str, where)
+    number_type = optional(item, f"{side}_number_type", str, where)
+    ext_id = optional(item, f"{side}_ext_id", str, where)
     return _Party(
         ext_id=ext_id,
         ext_number=_optional_text(item, f"{side}_ext_number", where),
-        number=_optional(item, f"{side}_did_number", str, where),
+        number=optional(item, f"{side}_did_number", str, where),
         extension_like=bool(ext_id) and ext_type is not None and not (number_type or "").startswith("external"),
         ext_type=ext_type,
     )
@@ -342,20 +335,20 @@ def _parse_legacy_log(item: Mapping[str, Any], where: str, owner: str, owner_use
     parties = {side: _legacy_party(item, side, where) for side in (CALLER, CALLEE)}
     if owner_user and not parties[owner].user_id:
         parties[owner] = replace(parties[owner], user_id=owner_user)
-    started = _required_time(item, "date_time", where)
+    started = required_time(item, "date_time", where)
     connected = legacy_duration_seconds(_optional_count(item, "duration", where) or 0)
     return _Record(
         authority=LEGACY_LOG,
-        record_id=_required(item, "id", str, where),
-        call_id=_required(item, "call_id", str, where),
+        record_id=required(item, "id", str, where),
+        call_id=required(item, "call_id", str, where),
         owner=owner,
         caller=parties[CALLER],
         callee=parties[CALLEE],
         internal=None,
         started_at=started,
-        ended_at=_optional_time(item, "call_end_time", where) or started + timedelta(seconds=connected),
+        ended_at=optional_time(item, "call_end_time", where) or started + timedelta(seconds=connected),
         connected_seconds=connected,
-        result=_result(_optional(item, "result", str, where), connected),
+        result=_result(optional(item, "result", str, where), connected),
     )
 
 
@@ -371,12 +364,12 @@ def legacy_duration_seconds(duration: int) -> int:
 
 def _legacy_party(item: Mapping[str, Any], side: str, where: str) -> _Party:
     number = _optional_text(item, f"{side}_number", where)
-    number_type = _optional(item, f"{side}_number_type", int, where)
+    number_type = optional(item, f"{side}_number_type", int, where)
     is_ext = number_type == _LEGACY_EXTENSION_NUMBER_TYPE
     return _Party(
-        user_id=_optional(item, f"{side}_user_id", str, where),
+        user_id=optional(item, f"{side}_user_id", str, where),
         ext_number=number if is_ext else None,
-        number=_optional(item, f"{side}_did_number", str, where) or (None if is_ext else number),
+        number=optional(item, f"{side}_did_number", str, where) or (None if is_ext else number),
         extension_like=is_ext,
     )
 
@@ -386,18 +379,18 @@ def _parse_ended(envelope: Mapping[str, Any]) -> _Record:
     owner = ENDED_EVENTS[event]
     where = "payload.object."
     obj = envelope["payload"]["object"]
-    caller = _ended_party(_optional(obj, "caller", dict, where) or {}, f"{where}caller.")
-    callee = _ended_party(_optional(obj, "callee", dict, where) or {}, f"{where}callee.")
-    ended = _required_time(obj, "call_end_time", where)
-    answered = _optional_time(obj, "answer_start_time", where)
-    started = _optional_time(obj, "ringing_start_time", where) or answered or ended
-    connected = _whole_seconds(ended - answered) if answered else 0
-    outcome = _optional(obj, "handup_result", str, where)
+    caller = _ended_party(optional(obj, "caller", dict, where) or {}, f"{where}caller.")
+    callee = _ended_party(optional(obj, "callee", dict, where) or {}, f"{where}callee.")
+    ended = required_time(obj, "call_end_time", where)
+    answered = optional_time(obj, "answer_start_time", where)
+    started = optional_time(obj, "ringing_start_time", where) or answered or ended
+    connected = span_seconds(ended - answered) if answered else 0
+    outcome = optional(obj, "handup_result", str, where)
     owner_party = callee if owner == CALLEE else caller
     return _Record(
         authority=ENDED,
         record_id=f"{owner}:{owner_party.ext_id or owner_party.user_id or ''}",
-        call_id=_required(obj, "call_id", str, where),
+        call_id=required(obj, "call_id", str, where),
         owner=owner,
         caller=caller,
         callee=callee,
@@ -410,13 +403,13 @@ def _parse_ended(envelope: Mapping[str, Any]) -> _Record:
 
 
 def _ended_party(raw: Mapping[str, Any], where: str) -> _Party:
-    ext_id = _optional(raw, "extension_id", str, where)
-    user_id = _optional(raw, "user_id", str, where)
+    ext_id = optional(raw, "extension_id", str, where)
+    user_id = optional(raw, "user_id", str, where)
     return _Party(
         ext_id=ext_id,
         user_id=user_id,
         ext_number=_optional_text(raw, "extension_number", where),
-        number=_optional(raw, "phone_number", str, where),
+        number=optional(raw, "phone_number", str, where),
         extension_like=bool(ext_id or user_id),
     )
 
@@ -439,23 +432,12 @@ def history_call(item: Any, account: Account) -> FinishedCall | None:
     no user of the account is on it (e.g. a call that only reached an auto receptionist).
     Raises InvalidNotification when the item is malformed."""
     where = "call_history[]."
-    _require_object(item, "call_history[]")
+    require_object(item, "call_history[]")
     parties = {side: _v2_party(item, side, where) for side in (CALLER, CALLEE)}
-    direction = _optional(item, "direction", str, where)
-    connected = api_connected_seconds(item, where)
-    record = _Record(
-        authority=CALL_HISTORY,
-        record_id=_required(item, "call_history_uuid", str, where),
-        call_id=_required(item, "call_id", str, where),
-        owner=CALLER if direction == "outbound" else CALLEE,
-        caller=parties[CALLER],
-        callee=parties[CALLEE],
-        internal=_connect_type(item, where),
-        started_at=_required_time(item, "start_time", where),
-        ended_at=_required_time(item, "end_time", where),
-        connected_seconds=connected,
-        result=_result(_optional(item, "call_result", str, where), connected),
-    )
+    direction = optional(item, "direction", str, where)
+    owner = CALLER if direction == "outbound" else CALLEE
+    record = _v2_record(item, where, CALL_HISTORY, "call_history_uuid", owner, parties,
+                        api_connected_seconds(item, where), "call_result")
     user = _side(record, _firm_side(record, account))
     if not user.ids or user.ext_type not in (None, "user"):
         return None
@@ -547,14 +529,8 @@ def _result(raw: str | None, connected_seconds: int) -> str:
 
 
 def _connect_type(item: Mapping[str, Any], where: str) -> bool | None:
-    value = _optional(item, "connect_type", str, where)
+    value = optional(item, "connect_type", str, where)
     return None if value is None else value == "internal"
-
-
-def _whole_seconds(span: timedelta) -> int:
-    """Half-up whole seconds in integer microseconds (Zoom's times are whole seconds anyway)."""
-    microseconds = max(span // timedelta(microseconds=1), 0)
-    return (microseconds + 500_000) // 1_000_000
 
 
 def _dedupe_key(event: str, record_id: str, item: Any) -> str:
@@ -568,43 +544,6 @@ def _dedupe_key(event: str, record_id: str, item: Any) -> str:
 # --- Field access -----------------------------------------------------------------------------------
 
 
-_JSON_NAMES: dict[type, str] = {
-    str: "a string", int: "an integer", bool: "a boolean", dict: "an object", list: "an array",
-}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return _JSON_NAMES.get(type(value), type(value).__name__)
-
-
-def _require_object(value: Any, name: str) -> None:
-    if not isinstance(value, dict):
-        raise InvalidNotification(f"{name} must be a JSON object, not {_json_type(value)}")
-
-
-def _required(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    if container.get(key) is None:
-        raise InvalidNotification(f"{where}{key} is missing")
-    return _typed(container[key], key, kind, where)
-
-
-def _optional(container: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    value = container.get(key)
-    return None if value is None else _typed(value, key, kind, where)
-
-
-def _typed(value: Any, key: str, kind: type, where: str) -> Any:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidNotification(f"{where}{key} must be {_JSON_NAMES[kind]}, not {_json_type(value)}")
-    return value
-
-
 def _optional_text(container: Mapping[str, Any], key: str, where: str) -> str | None:
     """Extension numbers arrive as strings in records and as integers in real-time events."""
     value = container.get(key)
@@ -612,34 +551,11 @@ def _optional_text(container: Mapping[str, Any], key: str, where: str) -> str | 
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return _typed(value, key, str, where)
+    return typed(value, key, str, where)
 
 
 def _optional_count(container: Mapping[str, Any], key: str, where: str) -> int | None:
-    value = _optional(container, key, int, where)
+    value = optional(container, key, int, where)
     if value is not None and value < 0:
         raise InvalidNotification(f"{where}{key} cannot be negative: {value}")
     return value
-
-
-def _required_time(container: Mapping[str, Any], key: str, where: str) -> datetime:
-    return _parse_time(_required(container, key, str, where), f"{where}{key}")
-
-
-def _optional_time(container: Mapping[str, Any], key: str, where: str) -> datetime | None:
-    text = _optional(container, key, str, where)
-    return None if text is None else _parse_time(text, f"{where}{key}")
-
-
-def _parse_time(text: str, name: str) -> datetime:
-    """Zoom writes GMT as `yyyy-MM-dd'T'HH:mm:ss'Z'`."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidNotification(f"{name} is not an ISO 8601 time: {text!r}") from None
-    if moment.tzinfo is None:
-        raise InvalidNotification(f"{name} has no UTC offset: {text!r}")
-    try:
-        return moment.astimezone(timezone.utc)
-    except OverflowError:
-        raise InvalidNotification(f"{name} is out of range: {text!r}") from None
