@@ -11,10 +11,8 @@ import itertools
 import json
 import logging
 import math
-import random
 import re
 import secrets
-import threading
 import time
 from urllib.parse import parse_qsl
 from collections import Counter
@@ -30,7 +28,17 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from calltime.fakes.server import BackgroundServer, DeliberateDrop
+from calltime.fakes import billing_common
+from calltime.fakes.billing_common import (
+    ApiError,
+    DroppedResponse,
+    FakeBillingServer,
+    FakeBillingState,
+    JsonStyle,
+    bind,
+    fixed_window_slot,
+    loads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,64 +150,41 @@ def render_time_zone(stored: str | None) -> str | None:
 # JSON: Decimal in, Decimal out, so money and quantities are never rounded through float.
 
 
-def _dumps(value: Any) -> str:
-    # Written here rather than shared with the client so that a bug in one cannot hide the same bug in the other.
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, Decimal):
-        return _decimal_literal(value)
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, datetime):
-        return json.dumps(value.astimezone(timezone.utc).isoformat(timespec="seconds"))
-    if isinstance(value, date):
-        return json.dumps(value.isoformat())
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_dumps(v) for v in value) + "]"
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
 def _decimal_literal(value: Decimal) -> str:
     text = format(value, "f")
     # Clio renders numbers like 350.0, so keep a fractional part on whole numbers.
     return text if "." in text else text + ".0"
 
 
-def _loads(raw: bytes) -> Any:
-    return json.loads(raw, parse_float=Decimal)
+_JSON = JsonStyle(decimal=_decimal_literal, moment=lambda m: m.astimezone(timezone.utc).isoformat(timespec="seconds"),
+                  day=date.isoformat, floats=True)
+_dumps = _JSON.dumps
+_json_response = _JSON.response
+_loads = loads
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # State
 
 
-class _ApiError(Exception):
+class _ApiError(ApiError):
     """An error answer in Clio's documented Error shape (or another body given explicitly)."""
+
+    style = _JSON
 
     def __init__(
         self, status: int, error_type: str, message: str, *, headers: Mapping[str, str] | None = None,
         body: Any = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body if body is not None else {"error": {"type": error_type, "message": message}}
-        self.headers = dict(headers or {})
-
-    def response(self) -> Response:
-        return _json_response(self.status, self.body, self.headers)
+        body = body if body is not None else {"error": {"type": error_type, "message": message}}
+        super().__init__(status, body, headers, message=message)
 
 
 @dataclass
-class Faults:
-    """Switchable misbehaviour. Counters count down as they fire; the delay stays until reset to 0."""
+class Faults(billing_common.Faults):
+    """Switchable misbehaviour: the faults every billing fake has and Clio's own. Here `slow_seconds` delays OAuth
+    answers too, and `drop_after_commit_fraction` applies to `commit_fault_targets`. Counters count down as they
+    fire; the delay stays until reset to 0."""
 
     fail_next_n_with_5xx: int = 0
     delay_after_commit_seconds: float = 0.0
@@ -208,13 +193,7 @@ class Faults:
     commit_fault_targets: tuple[str, ...] = ("activities",)
     # None: echo X-API-VERSION honestly; "": leave the header out; anything else: echo that instead.
     echo_api_version: str | None = None
-    # Random and burst faults (names shared by every billing fake).
-    fail_fraction_5xx: float = 0.0  # that share of API requests answer 503
-    burst_429: int = 0  # the next N API requests answer 429 with Retry-After
-    slow_seconds: float = 0.0  # every API and OAuth answer is delayed this long
-    drop_after_commit_fraction: float = 0.0  # that share of POSTs to commit_fault_targets commit, then drop
-    seed: int = 0  # seeds the RNG behind the fractions; setting it restarts the sequence
-    burst_retry_after_seconds: int = 1
+    burst_retry_after_seconds: int = 1  # the Retry-After of each burst_429 answer
 
 
 _FRACTIONS = ("fail_fraction_5xx", "drop_after_commit_fraction")
@@ -259,8 +238,10 @@ class _Caller:
     headers: dict[str, str]
 
 
-class FakeClioState:
+class FakeClioState(FakeBillingState[Faults]):
     """Every firm's data, tokens, rate-limit windows, faults and request statistics, guarded by one lock."""
+
+    STATS = FakeBillingState.STATS + ("oauth_requests",)
 
     def __init__(
         self,
@@ -270,13 +251,10 @@ class FakeClioState:
         clock: Callable[[], float] = time.time,
         access_token_lifetime_seconds: int = DEFAULT_ACCESS_TOKEN_LIFETIME,
     ) -> None:
+        super().__init__(Faults(), clock)
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
-        self.clock = clock
         self.access_token_lifetime_seconds = access_token_lifetime_seconds
-        self.faults = Faults()
-        self._rng = random.Random(self.faults.seed)
-        self._lock = threading.RLock()
         self._firms: dict[str, _Firm] = {}
         self._tokens: dict[str, tuple[str, int]] = {}
         self._token_expiry: dict[str, float] = {}
@@ -291,20 +269,13 @@ class FakeClioState:
         self._ids = itertools.count(1001)
         self._used_ids: set[int] = set()
         self._etag_versions = itertools.count(1)
-        self._stats: Counter[str] = Counter()
-        self._by_route: Counter[str] = Counter()
-        self._by_status: Counter[str] = Counter()
         self._by_version: Counter[str] = Counter()
 
     # -- seeding -------------------------------------------------------------------------------------------------
 
     def add_firm(self, key: str, name: str, *, account_id: int | None = None, use_utbms_codes: bool = False) -> None:
-        with self._lock:
-            if key in self._firms:
-                raise ValueError(f"firm {key!r} already exists")
-            self._firms[key] = _Firm(
-                key=key, account_id=account_id or self._next_id(), name=name, use_utbms_codes=use_utbms_codes
-            )
+        self._add_firm(key, lambda: _Firm(key=key, account_id=account_id or self._next_id(), name=name,
+                                          use_utbms_codes=use_utbms_codes))
 
     def add_user(
         self, firm: str, *, name: str, rate: Decimal | int | str | None = Decimal("0"), time_zone: str | None = None,
@@ -685,51 +656,38 @@ class FakeClioState:
             the_firm = self._firm(firm)
             return [_communication_dump(the_firm, c) for c in the_firm.communications.values()]
 
-    def set_faults(self, **changes: Any) -> Faults:
-        with self._lock:
-            for name, value in changes.items():
-                if not hasattr(self.faults, name):
-                    raise ValueError(f"unknown fault {name!r}")
-                if name == "commit_fault_targets":
-                    value = tuple(value)
-                    if not set(value) <= set(COMMIT_FAULT_TARGETS):
-                        raise ValueError(f"commit_fault_targets must be within {COMMIT_FAULT_TARGETS}")
-                if name in _FRACTIONS and not 0 <= float(value) <= 1:
-                    raise ValueError(f"{name} must be between 0 and 1")
-                if name in ("burst_429", "slow_seconds") and value < 0:
-                    raise ValueError(f"{name} must not be negative")
-                setattr(self.faults, name, value)
-                if name == "seed":
-                    self._rng = random.Random(value)
-            return Faults(**asdict(self.faults))
+    def _checked_fault(self, name: str, value: Any) -> Any:
+        if name == "commit_fault_targets":
+            value = tuple(value)
+            if not set(value) <= set(COMMIT_FAULT_TARGETS):
+                raise ValueError(f"commit_fault_targets must be within {COMMIT_FAULT_TARGETS}")
+        if name in _FRACTIONS and not 0 <= float(value) <= 1:
+            raise ValueError(f"{name} must be between 0 and 1")
+        if name in ("burst_429", "slow_seconds") and value < 0:
+            raise ValueError(f"{name} must not be negative")
+        return value
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {
-                "requests": self._stats["requests"],
-                "rate_limited": self._stats["rate_limited"],
-                "unauthorized": self._stats["unauthorized"],
-                "server_errors_injected": self._stats["server_errors_injected"],
-                "dropped_after_commit": self._stats["dropped_after_commit"],
-                "oauth_requests": self._stats["oauth_requests"],
-                "by_route": dict(self._by_route),
-                "by_status": dict(self._by_status),
-                "by_api_version": dict(self._by_version),
-            }
+            return super().stats() | {"by_api_version": dict(self._by_version)}
 
-    def reset_stats(self) -> None:
-        with self._lock:
-            for counter in (self._stats, self._by_route, self._by_status, self._by_version):
-                counter.clear()
+    def _counters(self) -> list[Counter[str]]:
+        return super()._counters() + [self._by_version]
 
     # -- request admission: auth, rate limit, version, injected 5xx ----------------------------------------------
 
     def _admit(self, route: str, authorization: str | None, requested_version: str | None) -> _Caller:
         with self._lock:
-            self._stats["requests"] += 1
-            self._by_route[route] += 1
+            self._count_request(route)
             firm, user_id, token = self._authenticate(authorization)
-            self._take_burst_429()
+            if self._take_burst_429():
+                wait = max(1, int(self.faults.burst_retry_after_seconds))
+                # The Manage API's 429: the Error schema plus Retry-After (the {"message": ...} body is the Platform
+                # API's).
+                raise _ApiError(429, "RateLimited", "Rate limit exceeded. Retry later.", headers={
+                    "Retry-After": str(wait), "X-RateLimit-Limit": str(self.rate_limit),
+                    "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(math.ceil(self.clock() + wait)),
+                })
             headers = self._take_rate_slot(token)
             version = requested_version if requested_version is not None else DEFAULT_API_VERSION
             if version not in SUPPORTED_API_VERSIONS:
@@ -740,22 +698,9 @@ class FakeClioState:
                 self.faults.fail_next_n_with_5xx -= 1
                 self._stats["server_errors_injected"] += 1
                 raise _ApiError(500, "InternalServerError", "Injected fault", headers=headers)
-            if self.faults.fail_fraction_5xx and self._rng.random() < self.faults.fail_fraction_5xx:
-                self._stats["server_errors_injected"] += 1
+            if self._take_injected_5xx():
                 raise _ApiError(503, "ServiceUnavailableError", "Injected fault: try again later", headers=headers)
             return _Caller(firm=firm, user_id=user_id, version=version, headers=headers)
-
-    def _take_burst_429(self) -> None:
-        if self.faults.burst_429 <= 0:
-            return
-        self.faults.burst_429 -= 1
-        self._stats["rate_limited"] += 1
-        wait = max(1, int(self.faults.burst_retry_after_seconds))
-        # The Manage API's 429: the Error schema plus Retry-After (the {"message": ...} body is the Platform API's).
-        raise _ApiError(429, "RateLimited", "Rate limit exceeded. Retry later.", headers={
-            "Retry-After": str(wait), "X-RateLimit-Limit": str(self.rate_limit), "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": str(math.ceil(self.clock() + wait)),
-        })
 
     def _authenticate(self, authorization: str | None) -> tuple[_Firm, int, str]:
         match = _BEARER.fullmatch(authorization or "")
@@ -783,22 +728,16 @@ class FakeClioState:
 
     def _take_rate_slot(self, token: str) -> dict[str, str]:
         now = self.clock()
-        window = self.rate_window_seconds
-        window_start = math.floor(now / window) * window
-        reset_at = math.ceil(window_start + window)
-        started, used = self._windows.get(token, (window_start, 0))
-        if started != window_start:
-            used = 0
+        slot = fixed_window_slot(self._windows, token, now, self.rate_limit, self.rate_window_seconds)
+        reset_at = math.ceil(slot.ends_at)
         headers = {"X-RateLimit-Limit": str(self.rate_limit), "X-RateLimit-Reset": str(reset_at)}
-        if used >= self.rate_limit:
+        if not slot.admitted:
             # A refused request neither counts against the window nor reaches a handler.
             self._stats["rate_limited"] += 1
             headers["X-RateLimit-Remaining"] = "0"
             headers["Retry-After"] = str(max(1, math.ceil(reset_at - now)))
             raise _ApiError(429, "RateLimited", "Rate limit exceeded. Retry later.", headers=headers)
-        used += 1
-        self._windows[token] = (window_start, used)
-        headers["X-RateLimit-Remaining"] = str(self.rate_limit - used)
+        headers["X-RateLimit-Remaining"] = str(self.rate_limit - slot.used)
         return headers
 
     def _version_headers(self, version: str) -> dict[str, str]:
@@ -812,10 +751,6 @@ class FakeClioState:
             self._stats["oauth_requests"] += 1
             self._by_route[route] += 1
 
-    def _count_status(self, status: int) -> None:
-        with self._lock:
-            self._by_status[str(status)] += 1
-
     def _take_commit_fault(self, target: str) -> tuple[bool, float]:
         """(drop the connection?, seconds to wait) for a write that has just been committed."""
         with self._lock:
@@ -825,19 +760,12 @@ class FakeClioState:
                 self.faults.drop_after_commit_n -= 1
                 self._stats["dropped_after_commit"] += 1
                 return True, 0.0
-            fraction = self.faults.drop_after_commit_fraction
-            if fraction and self._rng.random() < fraction:
+            if self._chance(self.faults.drop_after_commit_fraction):
                 self._stats["dropped_after_commit"] += 1
                 return True, 0.0
             return False, float(self.faults.delay_after_commit_seconds)
 
     # -- helpers --------------------------------------------------------------------------------------------------
-
-    def _firm(self, key: str) -> _Firm:
-        try:
-            return self._firms[key]
-        except KeyError:
-            raise KeyError(f"no firm {key!r}") from None
 
     def _claim_id(self, wanted: int | None) -> int:
         # Clio ids are unique across accounts, so one pool of ids serves every firm.
@@ -854,9 +782,6 @@ class FakeClioState:
             candidate = next(self._ids)
         self._used_ids.add(candidate)
         return candidate
-
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), tz=timezone.utc).replace(microsecond=0)
 
     def _etag(self, record_id: int) -> str:
         digest = hashlib.md5(f"{record_id}:{next(self._etag_versions)}".encode()).hexdigest()
@@ -1661,27 +1586,6 @@ def _webhook_expiry(data: Mapping[str, Any], now: datetime) -> datetime | None:
 # ASGI app
 
 
-class _DroppedResponse(Response):
-    """Starts a 201 that promises a body, then aborts: the client sees a broken connection, not an answer."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=201)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({
-            "type": "http.response.start", "status": 201,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
-        })
-        # Once the response has started, Starlette re-raises and uvicorn closes the socket without finishing.
-        raise DeliberateDrop("fake Clio dropped the connection after committing")
-
-
-def _json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        content=_dumps(payload), status_code=status, media_type="application/json", headers=dict(headers or {})
-    )
-
-
 def create_app(state: FakeClioState) -> FastAPI:
     """The fake's FastAPI app: Clio routes under /api/v4 and an admin API under /_fake."""
     app = FastAPI(title="fake Clio Manage API v4", docs_url=None, redoc_url=None, openapi_url=None)
@@ -1692,17 +1596,13 @@ def create_app(state: FakeClioState) -> FastAPI:
                 route, request.headers.get("authorization"), request.headers.get("x-api-version")
             )
         except _ApiError as error:
-            state._count_status(error.status)
-            await _slow_down(state)
-            return error.response()
+            return await state._finish(error.response())
         try:
             response = await handler(caller, request)
         except _ApiError as error:
             response = error.response()
         response.headers.update(caller.headers)
-        state._count_status(response.status_code)
-        await _slow_down(state)
-        return response
+        return await state._finish(response)
 
     def lister(resource: str) -> Callable[..., Any]:
         async def handler(caller: _Caller, request: Request) -> Response:
@@ -1718,7 +1618,7 @@ def create_app(state: FakeClioState) -> FastAPI:
                 payload = {"data": _View(caller.firm, caller.version).render(kind, record, fields)}
             drop, delay = state._take_commit_fault(target)
             if drop:
-                return _DroppedResponse()
+                return DroppedResponse(201, "fake Clio dropped the connection after committing")
             if delay > 0:
                 await asyncio.sleep(delay)
             return _json_response(201, payload)
@@ -1775,25 +1675,18 @@ def create_app(state: FakeClioState) -> FastAPI:
         ("PUT", "/api/v4/webhooks/{webhook_id}/activate.json", activate_webhook),
     ]
     for method, path, handler in routes:
-        app.add_api_route(path, _bind(serve, f"{method} {path}", handler), methods=[method])
+        app.add_api_route(path, bind(serve, f"{method} {path}", handler), methods=[method])
 
     async def not_found(caller: _Caller, request: Request) -> Response:
         raise _ApiError(404, "NotFoundError", f"No route for {request.method} {request.url.path}")
 
     app.add_api_route(
-        "/api/v4/{rest:path}", _bind(serve, "unknown", not_found),
+        "/api/v4/{rest:path}", bind(serve, "unknown", not_found),
         methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
     )
     _add_oauth_routes(app, state)
     _add_admin_routes(app, state)
     return app
-
-
-async def _slow_down(state: FakeClioState) -> None:
-    with state._lock:
-        delay = float(state.faults.slow_seconds)
-    if delay > 0:
-        await asyncio.sleep(delay)
 
 
 def _add_oauth_routes(app: FastAPI, state: FakeClioState) -> None:
@@ -1806,9 +1699,7 @@ def _add_oauth_routes(app: FastAPI, state: FakeClioState) -> None:
             response = error.response()
         else:
             response = _json_response(200, answer, {"Cache-Control": "no-store", "Pragma": "no-cache"})
-        state._count_status(response.status_code)
-        await _slow_down(state)
-        return response
+        return await state._finish(response)
 
     async def deauthorize(request: Request) -> Response:
         state._count_oauth("POST /oauth/deauthorize")
@@ -1838,13 +1729,6 @@ async def _read_form(request: Request) -> dict[str, str]:
         return dict(parse_qsl((await request.body()).decode(), strict_parsing=False))
     except (UnicodeDecodeError, ValueError):
         raise _oauth_error(400, "invalid_request", "unreadable form body") from None
-
-
-def _bind(serve: Callable[..., Any], route: str, handler: Callable[..., Any]) -> Callable[..., Any]:
-    async def endpoint(request: Request) -> Response:
-        return await serve(request, route, handler)
-
-    return endpoint
 
 
 def _add_admin_routes(app: FastAPI, state: FakeClioState) -> None:
@@ -1904,12 +1788,12 @@ def _add_admin_routes(app: FastAPI, state: FakeClioState) -> None:
 # Running it
 
 
-class FakeClioServer(BackgroundServer):
-    """Runs the fake under uvicorn in a background thread on 127.0.0.1; `base_url` is set once started."""
+class FakeClioServer(FakeBillingServer):
+    """The fake Clio over HTTP."""
 
-    def __init__(self, state: FakeClioState, port: int = 0, *, startup_timeout: float = 10.0) -> None:
-        super().__init__(create_app(state), port, name="fake-clio", startup_timeout=startup_timeout)
-        self.state = state
+    app_factory = staticmethod(create_app)
+    server_name = "fake-clio"
+    token_path = "/oauth/token"
 
 
 def main(argv: list[str] | None = None) -> None:

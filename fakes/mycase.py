@@ -9,19 +9,14 @@ refresh tokens, and 25 requests per second per token.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import collections
 import itertools
 import json
-import math
-import random
 import secrets
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -30,7 +25,22 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from calltime.fakes.server import BackgroundServer, DeliberateDrop
+from calltime.fakes.billing_common import (
+    ApiError,
+    DroppedResponse,
+    FakeBillingServer,
+    FakeBillingState,
+    Faults,
+    Grant,
+    JsonStyle,
+    add_api_routes,
+    OAuthGrants,
+    OAuthRefused,
+    RotatingOAuth,
+    bind,
+    loads,
+    sliding_window_wait,
+)
 
 ACCESS_TOKEN_SECONDS = 86_400  # "Access tokens are valid for 24 hours by default"
 REFRESH_TOKEN_SECONDS = 14 * 86_400  # "Refresh tokens are valid for 2 weeks"
@@ -40,6 +50,7 @@ PAGE_TOKEN_SECONDS = 3 * 86_400  # the next-page link "will expire after 3 days"
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 1000
 CASE_STATUSES = ("open", "closed")
+_TOO_MANY = "The partner has made too many requests of the endpoint."
 
 TOKEN_REQUEST_FORMATS = ("application/json", "application/x-www-form-urlencoded")
 """UNCONFIRMED (billing-apis.md §2): MyCase documents a JSON body for `POST /tokens`; whether it also accepts the
@@ -64,46 +75,22 @@ def oauth_error(error: str, description: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------------------
 # JSON: Decimal in, Decimal out.
 
-
-def _dumps(value: Any) -> str:
-    # Written here rather than shared with the client so that a bug in one cannot hide the same bug in the other.
-    if value is None or isinstance(value, (bool, int, str)):
-        return json.dumps(value)
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return json.dumps(value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    if isinstance(value, date):
-        return json.dumps(value.isoformat())
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_dumps(v) for v in value) + "]"
-    raise TypeError(f"cannot encode {type(value).__name__}")
+_JSON = JsonStyle(moment=lambda m: m.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), day=date.isoformat)
+_json_response = _JSON.response
+_loads = loads
 
 
-def _loads(raw: bytes) -> Any:
-    return json.loads(raw, parse_float=Decimal)
-
-
-def _json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(_dumps(payload), status_code=status, media_type="application/json", headers=dict(headers or {}))
-
-
-class _ApiError(Exception):
+class _ApiError(ApiError):
     """An answer in MyCase's documented error shape (or the given body)."""
+
+    style = _JSON
 
     def __init__(self, status: int, description: str, *, pointer: str | None = None,
                  parameter: str | None = None, headers: Mapping[str, str] | None = None,
                  body: Any = None) -> None:
-        super().__init__(description)
-        self.status = status
         source = {"pointer": pointer} if pointer else {"parameter": parameter} if parameter else {}
-        self.body = body if body is not None else {"errors": [{"description": description, "source": source}]}
-        self.headers = dict(headers or {})
-
-    def response(self) -> Response:
-        return _json_response(self.status, self.body, self.headers)
+        body = body if body is not None else {"errors": [{"description": description, "source": source}]}
+        super().__init__(status, body, headers, message=description)
 
 
 def _unprocessable(description: str, pointer: str) -> _ApiError:
@@ -112,17 +99,6 @@ def _unprocessable(description: str, pointer: str) -> _ApiError:
 
 # ---------------------------------------------------------------------------------------------------------------
 # State
-
-
-@dataclass
-class Faults:
-    """Switchable misbehaviour, set with `state.set_faults(**kw)`."""
-
-    fail_fraction_5xx: float = 0.0  # that share of API requests answer 503
-    burst_429: int = 0  # the next N API requests answer 429 with Retry-After
-    slow_seconds: float = 0.0  # every API answer is delayed this long
-    drop_after_commit_fraction: float = 0.0  # that share of created time entries is committed, then the socket drops
-    seed: int = 0
 
 
 @dataclass
@@ -137,44 +113,24 @@ class _Firm:
     time_entries: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-@dataclass
-class _Grant:
-    firm: str
-    staff_id: int
-    expires_at: float
-
-
-class FakeMyCaseState:
+class FakeMyCaseState(RotatingOAuth, FakeBillingState[Faults]):
     """Every firm's data, OAuth grants, rate windows, faults and statistics, guarded by one lock."""
 
     def __init__(self, *, rate_limit: int = RATE_LIMIT, rate_window_seconds: float = RATE_WINDOW_SECONDS,
                  clock: Callable[[], float] = time.time) -> None:
+        super().__init__(Faults(), clock)
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
-        self.clock = clock
-        self.faults = Faults()
-        self._rng = random.Random(0)
-        self._lock = threading.RLock()
         self._firms: dict[str, _Firm] = {}
-        self._access: dict[str, _Grant] = {}
-        self._refresh: dict[str, _Grant] = {}
-        self._codes: dict[str, _Grant] = {}
-        self._oauth_clients: dict[str, tuple[str, str]] = {}
+        self._oauth = OAuthGrants(access_seconds=ACCESS_TOKEN_SECONDS, refresh_seconds=REFRESH_TOKEN_SECONDS)
         self._windows: dict[str, collections.deque[float]] = {}
         self._ids = itertools.count(1001)
         self._used_ids: set[int] = set()
-        self._by_status: Counter[str] = Counter()
-        self._by_route: Counter[str] = Counter()
-        self._counts: Counter[str] = Counter()
 
     # -- seeding --------------------------------------------------------------------------------------------------
 
     def add_firm(self, key: str, name: str) -> str:
-        with self._lock:
-            if key in self._firms:
-                raise ValueError(f"firm {key!r} already exists")
-            self._firms[key] = _Firm(key=key, uuid=secrets.token_hex(16), name=name)
-            return self._firms[key].uuid
+        return self._add_firm(key, lambda: _Firm(key=key, uuid=secrets.token_hex(16), name=name)).uuid
 
     def add_user(self, firm: str, *, first_name: str, last_name: str, default_hourly_rate: Decimal | str | int = 0,
                  active: bool = True, email: str | None = None, work_phone_number: str = "",
@@ -261,66 +217,20 @@ class FakeMyCaseState:
 
     # -- OAuth ----------------------------------------------------------------------------------------------------
 
-    def add_oauth_client(self, client_id: str, client_secret: str, redirect_uri: str) -> None:
-        with self._lock:
-            self._oauth_clients[client_id] = (client_secret, redirect_uri)
+    def _check_user(self, firm: str, staff_id: int) -> None:
+        if staff_id not in self._firm(firm).staff:
+            raise ValueError(f"staff {staff_id} is not in firm {firm!r}")
 
-    def authorization_code(self, firm: str, staff_id: int) -> str:
-        """What the redirect after `login_sessions/new` would carry."""
-        with self._lock:
-            if staff_id not in self._firm(firm).staff:
-                raise ValueError(f"staff {staff_id} is not in firm {firm!r}")
-            code = secrets.token_urlsafe(16)
-            self._codes[code] = _Grant(firm, staff_id, self.clock() + 600)
-            return code
-
-    def issue_tokens(self, firm: str, staff_id: int) -> dict[str, Any]:
-        """A fresh grant, as the authorization-code exchange answers it."""
-        with self._lock:
-            if staff_id not in self._firm(firm).staff:
-                raise ValueError(f"staff {staff_id} is not in firm {firm!r}")
-            body = self._mint(firm, staff_id)
-            body["firm_uuid"] = self._firms[firm].uuid
-            return body
-
-    def revoke(self, token: str) -> None:
-        """Revoke an access or refresh token; revoking a refresh token also ends the access tokens of its grant."""
-        with self._lock:
-            self._access.pop(token, None)
-            grant = self._refresh.pop(token, None)
-            if grant is not None:
-                for access, other in list(self._access.items()):
-                    if (other.firm, other.staff_id) == (grant.firm, grant.staff_id):
-                        del self._access[access]
-
-    def _mint(self, firm: str, staff_id: int) -> dict[str, Any]:
-        access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        now = self.clock()
-        self._access[access] = _Grant(firm, staff_id, now + ACCESS_TOKEN_SECONDS)
-        self._refresh[refresh] = _Grant(firm, staff_id, now + REFRESH_TOKEN_SECONDS)
-        return {"access_token": access, "token_type": "Bearer", "scope": "api", "refresh_token": refresh,
+    def _token_answer(self, firm: str, access: str, refresh: str, *, from_code: bool) -> dict[str, Any]:
+        body = {"access_token": access, "token_type": "Bearer", "scope": "api", "refresh_token": refresh,
                 "expires_in": ACCESS_TOKEN_SECONDS}
+        if from_code:  # the authorization-code answer names the firm; a refresh answer does not
+            body["firm_uuid"] = self._firms[firm].uuid
+        return body
 
-    def _exchange(self, form: Mapping[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            client = self._oauth_clients.get(str(form.get("client_id")))
-            if client is None or client[0] != form.get("client_secret"):
-                raise _ApiError(401, "", body=oauth_error("invalid_client", "Client authentication failed."))
-            grant_type = form.get("grant_type")
-            if grant_type == "authorization_code":
-                grant = self._codes.pop(str(form.get("code")), None)
-                if grant is None or grant.expires_at <= self.clock() or form.get("redirect_uri") != client[1]:
-                    raise _ApiError(400, "", body=oauth_error("invalid_grant", "The authorization code is invalid."))
-                body = self._mint(grant.firm, grant.staff_id)
-                body["firm_uuid"] = self._firms[grant.firm].uuid
-                return body
-            if grant_type == "refresh_token":
-                # Refresh tokens rotate: the one used is spent.
-                grant = self._refresh.pop(str(form.get("refresh_token")), None)
-                if grant is None or grant.expires_at <= self.clock():
-                    raise _ApiError(400, "", body=oauth_error("invalid_grant", "The refresh token is invalid."))
-                return self._mint(grant.firm, grant.staff_id)
-            raise _ApiError(400, "", body=oauth_error("unsupported_grant_type", f"grant_type {grant_type!r}"))
+    def _refusal(self, refused: OAuthRefused) -> _ApiError:
+        status = 401 if refused.error == "invalid_client" else 400
+        return _ApiError(status, "", body=oauth_error(refused.error, refused.description))
 
     # -- inspection -----------------------------------------------------------------------------------------------
 
@@ -335,87 +245,33 @@ class FakeMyCaseState:
                 for e in self._firm(firm).time_entries.values()
             ]
 
-    def set_faults(self, **changes: Any) -> Faults:
-        with self._lock:
-            for name, value in changes.items():
-                if not hasattr(self.faults, name):
-                    raise ValueError(f"unknown fault {name!r}")
-                setattr(self.faults, name, value)
-            if "seed" in changes:
-                self._rng.seed(changes["seed"])
-            return Faults(**asdict(self.faults))
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {"requests": self._counts["requests"], "rate_limited": self._counts["rate_limited"],
-                    "unauthorized": self._counts["unauthorized"],
-                    "server_errors_injected": self._counts["server_errors_injected"],
-                    "dropped_after_commit": self._counts["dropped_after_commit"],
-                    "by_status": dict(self._by_status), "by_route": dict(self._by_route)}
-
-    def reset_stats(self) -> None:
-        with self._lock:
-            for counter in (self._by_status, self._by_route, self._counts):
-                counter.clear()
-
     # -- admission: auth, bursts, rate limit, injected 5xx ---------------------------------------------------------
 
     def _admit(self, route: str, authorization: str | None) -> tuple[_Firm, int]:
         with self._lock:
-            self._counts["requests"] += 1
-            self._by_route[route] += 1
+            self._count_request(route)
             token, grant = self._authenticate(authorization)
-            if self.faults.burst_429 > 0:
-                self.faults.burst_429 -= 1
-                self._counts["rate_limited"] += 1
-                raise _ApiError(429, "The partner has made too many requests of the endpoint.",
-                                headers={"Retry-After": "1"})
+            if self._take_burst_429():
+                raise _ApiError(429, _TOO_MANY, headers={"Retry-After": "1"})
             self._take_rate_slot(token)
-            if self.faults.fail_fraction_5xx > 0 and self._rng.random() < self.faults.fail_fraction_5xx:
-                self._counts["server_errors_injected"] += 1
+            if self._take_injected_5xx():
                 raise _ApiError(503, "MyCase is down for scheduled maintenance.")
-            return self._firms[grant.firm], grant.staff_id
+            return self._firms[grant.firm], grant.user
 
-    def _authenticate(self, authorization: str | None) -> tuple[str, _Grant]:
-        scheme, _, token = (authorization or "").partition(" ")
-        grant = self._access.get(token) if scheme.lower() == "bearer" else None
+    def _authenticate(self, authorization: str | None) -> tuple[str, Grant]:
+        token, grant = self._oauth.bearer(authorization)
         if grant is None or grant.expires_at <= self.clock():
-            self._counts["unauthorized"] += 1
+            self._stats["unauthorized"] += 1
             raise _ApiError(401, "The access token is missing, expired or revoked. Please refresh the token.")
         return token, grant
 
     def _take_rate_slot(self, token: str) -> None:
-        now = self.clock()
-        sent = self._windows.setdefault(token, collections.deque())
-        while sent and sent[0] <= now - self.rate_window_seconds:
-            sent.popleft()
-        if len(sent) >= self.rate_limit:
-            # A refused request does not count against the window.
-            self._counts["rate_limited"] += 1
-            wait = max(1, math.ceil(sent[0] + self.rate_window_seconds - now))
-            raise _ApiError(429, "The partner has made too many requests of the endpoint.",
-                            headers={"Retry-After": str(wait)})
-        sent.append(now)
-
-    def _take_drop(self) -> bool:
-        with self._lock:
-            fraction = self.faults.drop_after_commit_fraction
-            drop = fraction > 0 and self._rng.random() < fraction
-            if drop:
-                self._counts["dropped_after_commit"] += 1
-            return drop
-
-    def _count_status(self, status: int) -> None:
-        with self._lock:
-            self._by_status[str(status)] += 1
+        wait = sliding_window_wait(self._windows, token, self.clock(), self.rate_limit, self.rate_window_seconds)
+        if wait is not None:
+            self._stats["rate_limited"] += 1
+            raise _ApiError(429, _TOO_MANY, headers={"Retry-After": str(wait)})
 
     # -- helpers --------------------------------------------------------------------------------------------------
-
-    def _firm(self, key: str) -> _Firm:
-        try:
-            return self._firms[key]
-        except KeyError:
-            raise KeyError(f"no firm {key!r}") from None
 
     def _claim_id(self, wanted: int | None) -> int:
         if wanted is None:
@@ -428,9 +284,6 @@ class FakeMyCaseState:
             raise ValueError(f"id {wanted} is already taken")
         self._used_ids.add(wanted)
         return wanted
-
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), tz=timezone.utc).replace(microsecond=0)
 
     def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
         now = self._now()
@@ -672,18 +525,6 @@ def _create_time_entry(state: FakeMyCaseState, firm: _Firm, body: Any) -> dict[s
 # ASGI app
 
 
-class _DroppedResponse(Response):
-    """Starts a 201 that promises a body, then aborts: the client sees a broken connection, not an answer."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=201)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 201,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
-        raise DeliberateDrop("fake MyCase dropped the connection after committing")
-
-
 async def _read_json(request: Request) -> Any:
     try:
         return _loads(await request.body())
@@ -694,17 +535,6 @@ async def _read_json(request: Request) -> Any:
 def create_app(state: FakeMyCaseState) -> FastAPI:
     """MyCase routes under /v1, the token endpoint at /tokens."""
     app = FastAPI(title="fake MyCase Open API", docs_url=None, redoc_url=None, openapi_url=None)
-
-    async def serve(request: Request, route: str, handler: Callable[..., Any]) -> Response:
-        try:
-            firm, staff_id = state._admit(route, request.headers.get("authorization"))
-            response = await handler(firm, staff_id, request)
-        except _ApiError as error:
-            response = error.response()
-        if state.faults.slow_seconds > 0:
-            await asyncio.sleep(state.faults.slow_seconds)
-        state._count_status(response.status_code)
-        return response
 
     def lister(resource: str) -> Callable[..., Any]:
         async def handler(firm: _Firm, staff_id: int, request: Request) -> Response:
@@ -731,11 +561,14 @@ def create_app(state: FakeMyCaseState) -> FastAPI:
     async def create_time_entry(firm: _Firm, staff_id: int, request: Request) -> Response:
         record = _create_time_entry(state, firm, await _read_json(request))
         if state._take_drop():
-            return _DroppedResponse()
+            return DroppedResponse(201, "fake MyCase dropped the connection after committing")
         with state._lock:
             return _json_response(201, _render_time_entry(record))
 
-    routes: list[tuple[str, str, Callable[..., Any]]] = [
+    def admit(route: str, request: Request) -> tuple[_Firm, int]:
+        return state._admit(route, request.headers.get("authorization"))
+
+    serve = add_api_routes(app, state, admit, [
         ("GET", "/v1/me", me),
         ("GET", "/v1/staff", lister("staff")),
         ("GET", "/v1/staff/{id}", getter("staff", _render_staff)),
@@ -747,14 +580,12 @@ def create_app(state: FakeMyCaseState) -> FastAPI:
         ("GET", "/v1/time_entries", lister("time_entries")),
         ("GET", "/v1/time_entries/{id}", getter("time_entries", _render_time_entry)),
         ("POST", "/v1/time_entries", create_time_entry),
-    ]
-    for method, path, handler in routes:
-        app.add_api_route(path, _bind(serve, f"{method} {path}", handler), methods=[method])
+    ])
 
     async def not_found(firm: _Firm, staff_id: int, request: Request) -> Response:
         raise _ApiError(404, "Path was entered incorrectly.")
 
-    app.add_api_route("/v1/{rest:path}", _bind(serve, "unknown", not_found),
+    app.add_api_route("/v1/{rest:path}", bind(serve, "unknown", not_found),
                       methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 
     async def tokens(request: Request) -> Response:
@@ -784,20 +615,9 @@ async def _token_form(request: Request) -> Mapping[str, Any]:
     return dict(parse_qsl(raw.decode()))
 
 
-def _bind(serve: Callable[..., Any], route: str, handler: Callable[..., Any]) -> Callable[..., Any]:
-    async def endpoint(request: Request) -> Response:
-        return await serve(request, route, handler)
-    return endpoint
+class FakeMyCaseServer(FakeBillingServer):
+    """The fake MyCase over HTTP; its token endpoint is on the API's host, as `/tokens`."""
 
-
-class FakeMyCaseServer(BackgroundServer):
-    """Runs the fake under uvicorn in a background thread on 127.0.0.1; `base_url` is set once started
-    (the token URL is `base_url + "/tokens"`)."""
-
-    def __init__(self, state: FakeMyCaseState, port: int = 0, *, startup_timeout: float = 10.0) -> None:
-        super().__init__(create_app(state), port, name="fake-mycase", startup_timeout=startup_timeout)
-        self.state = state
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.base_url}/tokens"
+    app_factory = staticmethod(create_app)
+    server_name = "fake-mycase"
+    token_path = "/tokens"

@@ -9,19 +9,12 @@ open is a named UNCONFIRMED constant or function below.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
-import json
-import math
-import random
-import secrets
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -30,7 +23,20 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from calltime.fakes.server import BackgroundServer, DeliberateDrop
+from calltime.fakes.billing_common import (
+    ApiError,
+    DroppedResponse,
+    FakeBillingServer,
+    FakeBillingState,
+    Faults,
+    JsonStyle,
+    add_api_routes,
+    OAuthGrants,
+    OAuthRefused,
+    RotatingOAuth,
+    loads,
+    sliding_window_wait,
+)
 
 ACCESS_TOKEN_SECONDS = 86_400
 REFRESH_TOKEN_SECONDS = 14 * 86_400
@@ -73,35 +79,12 @@ def render_datetime(moment: datetime) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # JSON
 
-
-def _dumps(value: Any) -> str:
-    # Written here rather than shared with the client so that a bug in one cannot hide the same bug in the other.
-    if value is None or isinstance(value, (bool, int, str)):
-        return json.dumps(value)
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return json.dumps(render_datetime(value))
-    if isinstance(value, date):
-        return json.dumps(f"{value.isoformat()}T00:00:00")
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_dumps(v) for v in value) + "]"
-    raise TypeError(f"cannot encode {type(value).__name__}")
+_JSON = JsonStyle(moment=render_datetime, day=lambda day: f"{day.isoformat()}T00:00:00")
+_json_response = _JSON.response
 
 
-def _json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(_dumps(payload), status_code=status, media_type="application/json", headers=dict(headers or {}))
-
-
-class _ApiError(Exception):
-    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(str(body))
-        self.status, self.body, self.headers = status, body, dict(headers or {})
-
-    def response(self) -> Response:
-        return _json_response(self.status, self.body, self.headers)
+class _ApiError(ApiError):
+    style = _JSON
 
 
 def _invalid(field_name: str, message: str) -> _ApiError:
@@ -110,17 +93,6 @@ def _invalid(field_name: str, message: str) -> _ApiError:
 
 # ---------------------------------------------------------------------------------------------------------------
 # State
-
-
-@dataclass
-class Faults:
-    """Switchable misbehaviour, set with `state.set_faults(**kw)`."""
-
-    fail_fraction_5xx: float = 0.0
-    burst_429: int = 0
-    slow_seconds: float = 0.0
-    drop_after_commit_fraction: float = 0.0
-    seed: int = 0
 
 
 @dataclass
@@ -133,43 +105,24 @@ class _Firm:
     time_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-@dataclass
-class _Grant:
-    firm: str
-    user_id: str
-    expires_at: float
-
-
-class FakePracticePantherState:
+class FakePracticePantherState(RotatingOAuth, FakeBillingState[Faults]):
     """Every firm's data, OAuth grants, rate windows, faults and statistics, guarded by one lock."""
 
     def __init__(self, *, rate_limit: int = RATE_LIMIT, rate_window_seconds: float = RATE_WINDOW_SECONDS,
                  clock: Callable[[], float] = time.time, expired_token_style: str = "401") -> None:
+        super().__init__(Faults(), clock)
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
-        self.clock = clock
         self.expired_token_style = expired_token_style
-        self.faults = Faults()
-        self._rng = random.Random(0)
-        self._lock = threading.RLock()
         self._firms: dict[str, _Firm] = {}
-        self._access: dict[str, _Grant] = {}
-        self._refresh: dict[str, _Grant] = {}
-        self._codes: dict[str, _Grant] = {}
-        self._oauth_clients: dict[str, tuple[str, str]] = {}
+        self._oauth = OAuthGrants(access_seconds=ACCESS_TOKEN_SECONDS, refresh_seconds=REFRESH_TOKEN_SECONDS)
         self._windows: dict[str, collections.deque[float]] = {}
         self._numbers = itertools.count(1)
-        self._counts: Counter[str] = Counter()
-        self._by_status: Counter[str] = Counter()
-        self._by_route: Counter[str] = Counter()
 
     # -- seeding --------------------------------------------------------------------------------------------------
 
     def add_firm(self, key: str) -> None:
-        with self._lock:
-            if key in self._firms:
-                raise ValueError(f"firm {key!r} already exists")
-            self._firms[key] = _Firm(key)
+        self._add_firm(key, lambda: _Firm(key))
 
     def add_user(self, firm: str, *, first_name: str, last_name: str, email: str | None = None,
                  is_active: bool = True, id: str | None = None) -> str:
@@ -247,58 +200,16 @@ class FakePracticePantherState:
 
     # -- OAuth ----------------------------------------------------------------------------------------------------
 
-    def add_oauth_client(self, client_id: str, client_secret: str, redirect_uri: str) -> None:
-        with self._lock:
-            self._oauth_clients[client_id] = (client_secret, redirect_uri)
+    def _check_user(self, firm: str, user_id: str) -> None:
+        if user_id not in self._firm(firm).users:
+            raise ValueError(f"no user {user_id} in firm {firm!r}")
 
-    def authorization_code(self, firm: str, user_id: str) -> str:
-        with self._lock:
-            if user_id not in self._firm(firm).users:
-                raise ValueError(f"no user {user_id} in firm {firm!r}")
-            code = secrets.token_urlsafe(16)
-            self._codes[code] = _Grant(firm, user_id, self.clock() + 600)
-            return code
-
-    def issue_tokens(self, firm: str, user_id: str) -> dict[str, Any]:
-        with self._lock:
-            if user_id not in self._firm(firm).users:
-                raise ValueError(f"no user {user_id} in firm {firm!r}")
-            return self._mint(firm, user_id)
-
-    def revoke(self, token: str) -> None:
-        """Revoke an access or refresh token; revoking a refresh token also ends its grant's access tokens."""
-        with self._lock:
-            self._access.pop(token, None)
-            grant = self._refresh.pop(token, None)
-            if grant is not None:
-                for access, other in list(self._access.items()):
-                    if (other.firm, other.user_id) == (grant.firm, grant.user_id):
-                        del self._access[access]
-
-    def _mint(self, firm: str, user_id: str) -> dict[str, Any]:
-        access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        now = self.clock()
-        self._access[access] = _Grant(firm, user_id, now + ACCESS_TOKEN_SECONDS)
-        self._refresh[refresh] = _Grant(firm, user_id, now + REFRESH_TOKEN_SECONDS)
+    def _token_answer(self, firm: str, access: str, refresh: str, *, from_code: bool) -> dict[str, Any]:
         return {"access_token": access, "token_type": "bearer", "expires_in": ACCESS_TOKEN_SECONDS,
                 "refresh_token": refresh}
 
-    def _exchange(self, form: Mapping[str, str]) -> dict[str, Any]:
-        with self._lock:
-            client = self._oauth_clients.get(form.get("client_id", ""))
-            if client is None or client[0] != form.get("client_secret"):
-                raise _ApiError(400, {"error": "invalid_client"})
-            if form.get("grant_type") == "authorization_code":
-                grant = self._codes.pop(form.get("code", ""), None)
-                if grant is None or grant.expires_at <= self.clock() or form.get("redirect_uri") != client[1]:
-                    raise _ApiError(400, {"error": "invalid_grant"})
-                return self._mint(grant.firm, grant.user_id)
-            if form.get("grant_type") == "refresh_token":
-                grant = self._refresh.pop(form.get("refresh_token", ""), None)  # rotates: spent once used
-                if grant is None or grant.expires_at <= self.clock():
-                    raise _ApiError(400, {"error": "invalid_grant"})
-                return self._mint(grant.firm, grant.user_id)
-            raise _ApiError(400, {"error": "unsupported_grant_type"})
+    def _refusal(self, refused: OAuthRefused) -> _ApiError:
+        return _ApiError(400, {"error": refused.error})
 
     # -- inspection -----------------------------------------------------------------------------------------------
 
@@ -313,84 +224,30 @@ class FakePracticePantherState:
                 for e in self._firm(firm).time_entries.values()
             ]
 
-    def set_faults(self, **changes: Any) -> Faults:
-        with self._lock:
-            for name, value in changes.items():
-                if not hasattr(self.faults, name):
-                    raise ValueError(f"unknown fault {name!r}")
-                setattr(self.faults, name, value)
-            if "seed" in changes:
-                self._rng.seed(changes["seed"])
-            return Faults(**asdict(self.faults))
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {"requests": self._counts["requests"], "rate_limited": self._counts["rate_limited"],
-                    "unauthorized": self._counts["unauthorized"],
-                    "server_errors_injected": self._counts["server_errors_injected"],
-                    "dropped_after_commit": self._counts["dropped_after_commit"],
-                    "by_status": dict(self._by_status), "by_route": dict(self._by_route)}
-
-    def reset_stats(self) -> None:
-        with self._lock:
-            for counter in (self._counts, self._by_status, self._by_route):
-                counter.clear()
-
     # -- admission ------------------------------------------------------------------------------------------------
 
     def _admit(self, route: str, authorization: str | None) -> tuple[_Firm, str]:
         with self._lock:
-            self._counts["requests"] += 1
-            self._by_route[route] += 1
-            scheme, _, token = (authorization or "").partition(" ")
-            grant = self._access.get(token) if scheme.lower() == "bearer" else None
+            self._count_request(route)
+            token, grant = self._oauth.bearer(authorization)
             if grant is None:
-                self._counts["unauthorized"] += 1
+                self._stats["unauthorized"] += 1
                 raise _ApiError(401, {"Message": "Authorization has been denied for this request."})
             if grant.expires_at <= self.clock():
-                self._counts["unauthorized"] += 1
+                self._stats["unauthorized"] += 1
                 raise _ApiError(*expired_token_answer(self.expired_token_style))
-            if self.faults.burst_429 > 0:
-                self.faults.burst_429 -= 1
-                self._counts["rate_limited"] += 1
+            if self._take_burst_429():
                 raise _ApiError(429, {"Message": "Too many requests"}, {"Retry-After": "1"})
             self._take_rate_slot(token)
-            if self.faults.fail_fraction_5xx > 0 and self._rng.random() < self.faults.fail_fraction_5xx:
-                self._counts["server_errors_injected"] += 1
+            if self._take_injected_5xx():
                 raise _ApiError(503, {"Message": "Service unavailable"})
-            return self._firms[grant.firm], grant.user_id
+            return self._firms[grant.firm], grant.user
 
     def _take_rate_slot(self, token: str) -> None:
-        now = self.clock()
-        sent = self._windows.setdefault(token, collections.deque())
-        while sent and sent[0] <= now - self.rate_window_seconds:
-            sent.popleft()
-        if len(sent) >= self.rate_limit:
-            self._counts["rate_limited"] += 1
-            wait = max(1, math.ceil(sent[0] + self.rate_window_seconds - now))
+        wait = sliding_window_wait(self._windows, token, self.clock(), self.rate_limit, self.rate_window_seconds)
+        if wait is not None:
+            self._stats["rate_limited"] += 1
             raise _ApiError(429, {"Message": "Too many requests"}, {"Retry-After": str(wait)})
-        sent.append(now)
-
-    def _take_drop(self) -> bool:
-        with self._lock:
-            fraction = self.faults.drop_after_commit_fraction
-            drop = fraction > 0 and self._rng.random() < fraction
-            if drop:
-                self._counts["dropped_after_commit"] += 1
-            return drop
-
-    def _count_status(self, status: int) -> None:
-        with self._lock:
-            self._by_status[str(status)] += 1
-
-    def _firm(self, key: str) -> _Firm:
-        try:
-            return self._firms[key]
-        except KeyError:
-            raise KeyError(f"no firm {key!r}") from None
-
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), tz=timezone.utc).replace(microsecond=0)
 
     def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
         now = self._now()
@@ -591,32 +448,9 @@ def _create_time_entry(state: FakePracticePantherState, firm: _Firm, body: Any) 
 # ASGI app
 
 
-class _DroppedResponse(Response):
-    """Starts the answer, then aborts: the client sees a broken connection, not an answer."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=CREATED_STATUS)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": CREATED_STATUS,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
-        raise DeliberateDrop("fake PracticePanther dropped the connection after committing")
-
-
 def create_app(state: FakePracticePantherState) -> FastAPI:
     """PracticePanther routes under /api/v2, OAuth at /oauth/token."""
     app = FastAPI(title="fake PracticePanther API v2", docs_url=None, redoc_url=None, openapi_url=None)
-
-    async def serve(request: Request, route: str, handler: Callable[..., Any]) -> Response:
-        try:
-            firm, user_id = state._admit(route, request.headers.get("authorization"))
-            response = await handler(firm, user_id, request)
-        except _ApiError as error:
-            response = error.response()
-        if state.faults.slow_seconds > 0:
-            await asyncio.sleep(state.faults.slow_seconds)
-        state._count_status(response.status_code)
-        return response
 
     def lister(table: str) -> Callable[..., Any]:
         async def handler(firm: _Firm, user_id: str, request: Request) -> Response:
@@ -639,16 +473,19 @@ def create_app(state: FakePracticePantherState) -> FastAPI:
 
     async def create_time_entry(firm: _Firm, user_id: str, request: Request) -> Response:
         try:
-            body = json.loads(await request.body(), parse_float=Decimal)
+            body = loads(await request.body())
         except (ValueError, UnicodeDecodeError):
             raise _ApiError(400, {"Message": "The request is invalid."}) from None
         record = _create_time_entry(state, firm, body)
         if state._take_drop():
-            return _DroppedResponse()
+            return DroppedResponse(CREATED_STATUS, "fake PracticePanther dropped the connection after committing")
         with state._lock:
             return _json_response(CREATED_STATUS, _render_time_entry(firm, record))
 
-    routes: list[tuple[str, str, Callable[..., Any]]] = [
+    def admit(route: str, request: Request) -> tuple[_Firm, str]:
+        return state._admit(route, request.headers.get("authorization"))
+
+    add_api_routes(app, state, admit, [
         ("GET", "/api/v2/users/me", me),
         ("GET", "/api/v2/users", lister("users")),
         ("GET", "/api/v2/accounts", lister("accounts")),
@@ -660,9 +497,7 @@ def create_app(state: FakePracticePantherState) -> FastAPI:
         ("GET", "/api/v2/timeentries", lister("time_entries")),
         ("GET", "/api/v2/timeentries/{id}", getter("time_entries")),
         ("POST", "/api/v2/timeentries", create_time_entry),
-    ]
-    for method, path, handler in routes:
-        app.add_api_route(path, _bind(serve, f"{method} {path}", handler), methods=[method])
+    ])
 
     async def token(request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode()))
@@ -675,19 +510,9 @@ def create_app(state: FakePracticePantherState) -> FastAPI:
     return app
 
 
-def _bind(serve: Callable[..., Any], route: str, handler: Callable[..., Any]) -> Callable[..., Any]:
-    async def endpoint(request: Request) -> Response:
-        return await serve(request, route, handler)
-    return endpoint
+class FakePracticePantherServer(FakeBillingServer):
+    """The fake PracticePanther over HTTP."""
 
-
-class FakePracticePantherServer(BackgroundServer):
-    """Runs the fake under uvicorn in a background thread on 127.0.0.1; the token URL is `token_url`."""
-
-    def __init__(self, state: FakePracticePantherState, port: int = 0, *, startup_timeout: float = 10.0) -> None:
-        super().__init__(create_app(state), port, name="fake-practicepanther", startup_timeout=startup_timeout)
-        self.state = state
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.base_url}/oauth/token"
+    app_factory = staticmethod(create_app)
+    server_name = "fake-practicepanther"
+    token_path = "/oauth/token"

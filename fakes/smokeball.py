@@ -11,21 +11,17 @@ Webhook deliveries are recorded (with their Signature headers), not sent over th
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import math
-import random
 import re
 import secrets
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -34,7 +30,15 @@ from urllib.parse import parse_qs, urlencode
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from calltime.fakes.server import BackgroundServer, DeliberateDrop
+from calltime.fakes import billing_common
+from calltime.fakes.billing_common import (
+    ApiError,
+    DroppedResponse,
+    FakeBillingServer,
+    FakeBillingState,
+    JsonStyle,
+    loads,
+)
 
 RATE_PER_SECOND, BURST = 5.0, 5  # Introduction §2
 ACCESS_LIFETIME = 3600  # "The returned access_token is valid for 60 minutes"
@@ -69,32 +73,11 @@ def _iso(unix_seconds: float) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # JSON
 
-
-def _dumps(value: Any) -> str:
-    if value is None or isinstance(value, (bool, int, str)):
-        return json.dumps(value)
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_dumps(v) for v in value) + "]"
-    raise TypeError(f"cannot encode {type(value).__name__}")
+_json = JsonStyle().response
 
 
-def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(_dumps(payload), status_code=status, media_type="application/json", headers=dict(headers or {}))
-
-
-class _ApiError(Exception):
+class _ApiError(ApiError):
     """An error answer: ProblemDetails from the API, or {"message"} from the gateway in front of it."""
-
-    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(str(body))
-        self.status, self.body, self.headers = status, body, dict(headers or {})
-
-    def response(self) -> Response:
-        return _json(self.status, self.body, self.headers)
 
 
 def _problem(status: int, title: str, detail: str) -> _ApiError:
@@ -121,15 +104,10 @@ def _empty_link() -> dict[str, Any]:
 
 
 @dataclass
-class Faults:
-    """Switchable misbehaviour; fractions draw from an RNG seeded by `seed`."""
+class Faults(billing_common.Faults):
+    """The faults every billing fake has, and Smokeball's own: how long an accepted fee stays invisible, and the
+    share that fails after a 202."""
 
-    fail_fraction_5xx: float = 0.0
-    burst_429: int = 0
-    slow_seconds: float = 0.0
-    drop_after_commit_fraction: float = 0.0
-    seed: int = 0
-    # Smokeball's own: how long an accepted fee stays invisible, and the share that fails after a 202.
     processing_delay_seconds: float = 0.0
     fail_after_accept_fraction: float = 0.0
 
@@ -162,8 +140,11 @@ class _Grant:
     expires_at: float
 
 
-class FakeSmokeballState:
+class FakeSmokeballState(FakeBillingState[Faults]):
     """Every firm's data, grants, rate buckets, faults and statistics, guarded by one lock."""
+
+    STATS = ("requests", "rate_limited", "unauthorized", "forbidden", "server_errors_injected",
+             "dropped_after_commit")
 
     def __init__(
         self, *, clock: Callable[[], float] = time.time, api_key: str = "fake-api-key",
@@ -171,30 +152,22 @@ class FakeSmokeballState:
         redirect_uri: str = "https://calltime.example/oauth/smokeball", rate_per_second: float = RATE_PER_SECOND,
         burst: int = BURST,
     ) -> None:
-        self.clock = clock
+        super().__init__(Faults(), clock)
         self.api_key, self.client_id, self.client_secret, self.redirect_uri = (
             api_key, client_id, client_secret, redirect_uri)
         self.rate_per_second, self.burst = rate_per_second, burst
-        self.faults = Faults()
-        self._rng = random.Random(0)
-        self._lock = threading.RLock()
         self._firms: dict[str, _Firm] = {}
         self._access: dict[str, _Grant] = {}
         self._refresh: dict[str, _Grant] = {}
         self._codes: dict[str, _Grant] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
-        self._stats: Counter[str] = Counter()
-        self._by_route: Counter[str] = Counter()
-        self._by_status: Counter[str] = Counter()
+        # Per firm, and kept by reset_stats: `accepted` counts these.
+        self._failed_after_accept: Counter[str] = Counter()
 
     # -- seeding ---------------------------------------------------------------------------------------------------
 
     def add_firm(self, key: str) -> str:
-        with self._lock:
-            if key in self._firms:
-                raise ValueError(f"firm {key!r} already exists")
-            self._firms[key] = _Firm(key, str(uuid.uuid4()))
-            return self._firms[key].account_id
+        return self._add_firm(key, lambda: _Firm(key, str(uuid.uuid4()))).account_id
 
     def add_user(
         self, firm: str, *, first_name: str, last_name: str = "", rate: Decimal | str | int = "0",
@@ -290,39 +263,13 @@ class FakeSmokeballState:
         """How many fee POSTs were accepted (202), processed or not."""
         with self._lock:
             the_firm = self._firm(firm)
-            return len(the_firm.fees) + len(the_firm.pending) + self._stats[f"failed_after_accept:{firm}"]
+            return len(the_firm.fees) + len(the_firm.pending) + self._failed_after_accept[firm]
 
     def notifications(self, firm: str) -> list[dict[str, Any]]:
         """Webhook deliveries that would have been sent: {"url", "headers", "body"}."""
         with self._lock:
             self._process_due(self._firm(firm))
             return [dict(n) for n in self._firm(firm).notifications]
-
-    def set_faults(self, **changes: Any) -> Faults:
-        with self._lock:
-            for name, value in changes.items():
-                if not hasattr(self.faults, name):
-                    raise ValueError(f"unknown fault {name!r}")
-                setattr(self.faults, name, value)
-            if "seed" in changes:
-                self._rng = random.Random(changes["seed"])
-            return Faults(**asdict(self.faults))
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "requests": self._stats["requests"], "rate_limited": self._stats["rate_limited"],
-                "unauthorized": self._stats["unauthorized"], "forbidden": self._stats["forbidden"],
-                "server_errors_injected": self._stats["server_errors_injected"],
-                "dropped_after_commit": self._stats["dropped_after_commit"],
-                "by_route": dict(self._by_route), "by_status": dict(self._by_status),
-            }
-
-    def reset_stats(self) -> None:
-        with self._lock:
-            for counter in (self._stats, self._by_route, self._by_status):
-                for key in [k for k in counter if not k.startswith("failed_after_accept:")]:
-                    del counter[key]
 
     # -- OAuth -----------------------------------------------------------------------------------------------------
 
@@ -358,8 +305,7 @@ class FakeSmokeballState:
 
     def admit(self, route: str, api_key: str | None, authorization: str | None) -> _Grant:
         with self._lock:
-            self._stats["requests"] += 1
-            self._by_route[route] += 1
+            self._count_request(route)
             if api_key != self.api_key:
                 self._stats["forbidden"] += 1
                 raise _gateway(403, "Forbidden")
@@ -368,13 +314,10 @@ class FakeSmokeballState:
             if grant is None or grant.expires_at <= self.clock():
                 self._stats["unauthorized"] += 1
                 raise _gateway(401, "Unauthorized")
-            if self.faults.burst_429 > 0:
-                self.faults.burst_429 -= 1
-                self._stats["rate_limited"] += 1
+            if self._take_burst_429():
                 raise _gateway(429, "Too Many Requests", {"Retry-After": "1"})
             self._take_token(match.group(1))
-            if self.faults.fail_fraction_5xx and self._rng.random() < self.faults.fail_fraction_5xx:
-                self._stats["server_errors_injected"] += 1
+            if self._take_injected_5xx():
                 raise _gateway(503, "Service Unavailable")
             self._process_due(self._firm(grant.firm))
             return grant
@@ -389,18 +332,6 @@ class FakeSmokeballState:
             self._buckets[token] = (level, now)
             raise _gateway(429, "Too Many Requests", {"Retry-After": str(max(1, wait))})
         self._buckets[token] = (level - 1, now)
-
-    def count_status(self, status: int) -> None:
-        with self._lock:
-            self._by_status[str(status)] += 1
-
-    def take_drop(self) -> bool:
-        with self._lock:
-            fraction = self.faults.drop_after_commit_fraction
-            drop = bool(fraction) and self._rng.random() < fraction
-            if drop:
-                self._stats["dropped_after_commit"] += 1
-            return drop
 
     # -- resources -------------------------------------------------------------------------------------------------
 
@@ -472,8 +403,7 @@ class FakeSmokeballState:
             fee_id = str(uuid.uuid4())
             fee.update(id=fee_id, matterId=matter_id, createdByUserId=firm.staff[grant.staff_id]["userId"],
                        createdDate=_iso(now), _ticks=_ticks(now))
-            fails = bool(self.faults.fail_after_accept_fraction) and (
-                self._rng.random() < self.faults.fail_after_accept_fraction)
+            fails = self._chance(self.faults.fail_after_accept_fraction)
             firm.pending.append(_Pending(fee, now + self.faults.processing_delay_seconds, fails, request_id))
             self._process_due(firm)
             return _link(base, f"/matters/{matter_id}/fees/{fee_id}", fee_id, "Fee")
@@ -507,7 +437,7 @@ class FakeSmokeballState:
         for item in due:
             fee = item.fee
             if item.fails:
-                self._stats[f"failed_after_accept:{firm.key}"] += 1
+                self._failed_after_accept[firm.key] += 1
                 self._notify(firm, "error", {
                     "message": f"Fee could not be created on matter {fee['matterId']}.",
                     "resourceName": "fee", "resourceId": fee["id"],
@@ -531,12 +461,6 @@ class FakeSmokeballState:
             })
 
     # -- helpers ---------------------------------------------------------------------------------------------------
-
-    def _firm(self, key: str) -> _Firm:
-        try:
-            return self._firms[key]
-        except KeyError:
-            raise KeyError(f"no firm {key!r}") from None
 
     def _matter(self, grant: _Grant, matter_id: str) -> dict[str, Any]:
         matter = self._firm(grant.firm).matters.get(matter_id)
@@ -744,21 +668,9 @@ def _page(rows: list[dict[str, Any]], query: _Query, base: str, path: str) -> di
 # ASGI app
 
 
-class _DroppedResponse(Response):
-    """Starts a 202 that promises a body, then aborts: the client sees a broken connection, not an answer."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=202)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 202,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
-        raise DeliberateDrop("fake Smokeball dropped the connection after accepting")
-
-
 def _read_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_float=Decimal)
+        return loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise _problem(400, "Bad Request", "The request body is not valid JSON") from None
 
@@ -786,10 +698,7 @@ def create_app(state: FakeSmokeballState) -> FastAPI:
                 response = error.response()
             if request_id:
                 response.headers["RequestId"] = request_id  # echoed on every answer (Making Requests §4)
-            if state.faults.slow_seconds > 0:
-                await asyncio.sleep(state.faults.slow_seconds)
-            state.count_status(response.status_code)
-            return response
+            return await state._finish(response)
 
         app.add_api_route(path, endpoint, methods=[method])
 
@@ -813,7 +722,9 @@ def create_app(state: FakeSmokeballState) -> FastAPI:
 
     async def create_fee(grant, request, base, rid, matterId):
         link = state.accept_fee(grant, matterId, _read_json(await request.body()), rid, base)
-        return _DroppedResponse() if state.take_drop() else _json(202, link)
+        if state._take_drop():
+            return DroppedResponse(202, "fake Smokeball dropped the connection after accepting")
+        return _json(202, link)
 
     async def subscribe(grant, request, base, rid):
         return _json(200, state.subscribe(grant, _read_json(await request.body())))
@@ -838,14 +749,10 @@ def create_app(state: FakeSmokeballState) -> FastAPI:
     return app
 
 
-class FakeSmokeballServer(BackgroundServer):
-    """Runs the fake under uvicorn in a background thread on 127.0.0.1; `base_url` is set once started."""
+class FakeSmokeballServer(FakeBillingServer):
+    """The fake Smokeball over HTTP."""
 
-    def __init__(self, state: FakeSmokeballState, port: int = 0, *, startup_timeout: float = 10.0) -> None:
-        super().__init__(create_app(state), port, name="fake-smokeball", startup_timeout=startup_timeout)
-        self.state = state
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.base_url}/oauth2/token"
+    app_factory = staticmethod(create_app)
+    server_name = "fake-smokeball"
+    token_path = "/oauth2/token"
 

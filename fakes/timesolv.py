@@ -10,18 +10,13 @@ UNCONFIRMED assumptions, so the adapter and this fake can only disagree with Tim
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 import math
-import random
 import re
 import secrets
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -43,11 +38,21 @@ from calltime.billing.timesolv import (
     TIMECARDS_KEY,
     TOKEN_PATH,
 )
-from calltime.fakes.server import BackgroundServer, DeliberateDrop
+from calltime.fakes.billing_common import (
+    ApiError,
+    DroppedResponse,
+    FakeBillingServer,
+    FakeBillingState,
+    Faults,
+    JsonStyle,
+    fixed_window_slot,
+    loads,
+)
 
 A = ASSUMED
 DEFAULT_TOKEN_LIFETIME = 3600  # UNCONFIRMED (billing-apis.md §4): TimeSolv's token lifetime is not published
 UNAUTHORIZED_MESSAGE = "Authorization has been denied for this request."  # ASP.NET Web API's default 401 text
+_DROPPED = "fake TimeSolv dropped the connection after committing"
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
 _OPERATORS = frozenset({"=", "!=", ">", ">=", "<", "<=", A.contains_operator})
 _CLOSED_PROJECT_STATUSES = frozenset(s for s, mapped in A.project_statuses.items() if mapped == "closed")
@@ -56,37 +61,13 @@ _CLOSED_PROJECT_STATUSES = frozenset(s for s, mapped in A.project_statuses.items
 # ---------------------------------------------------------------------------------------------------------------
 # JSON with exact numbers
 
-
-def _dumps(value: Any) -> str:
-    if value is None or isinstance(value, (bool, int, str)):
-        return json.dumps(value)
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_dumps(v) for v in value) + "]"
-    raise TypeError(f"cannot encode {type(value).__name__}")
+_json = JsonStyle().response
 
 
-def _loads(raw: bytes) -> Any:
-    return json.loads(raw, parse_float=Decimal)
-
-
-def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(_dumps(payload), status_code=status, media_type="application/json", headers=dict(headers or {}))
-
-
-class _ApiError(Exception):
+class _ApiError(ApiError):
     def __init__(self, status: int, message: str, *, body: Any = None, headers: Mapping[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
         # UNCONFIRMED (billing-apis.md §4): ASP.NET Web API's {"Message": ...} error body.
-        self.body = body if body is not None else {"Message": message}
-        self.headers = dict(headers or {})
-
-    def response(self) -> Response:
-        return _json(self.status, self.body, self.headers)
+        super().__init__(status, body if body is not None else {"Message": message}, headers, message=message)
 
 
 def _bad(message: str) -> _ApiError:
@@ -95,17 +76,6 @@ def _bad(message: str) -> _ApiError:
 
 # ---------------------------------------------------------------------------------------------------------------
 # State
-
-
-@dataclass
-class Faults:
-    """Switchable misbehaviour; fractions draw from an RNG seeded by `seed`."""
-
-    fail_fraction_5xx: float = 0.0
-    burst_429: int = 0
-    slow_seconds: float = 0.0
-    drop_after_commit_fraction: float = 0.0
-    seed: int = 0
 
 
 @dataclass
@@ -154,7 +124,7 @@ _TIMECARD_FIELDS = frozenset({
 })
 
 
-class FakeTimeSolvState:
+class FakeTimeSolvState(FakeBillingState[Faults]):
     """Every firm's data, grants, rate windows, faults and statistics, guarded by one lock."""
 
     def __init__(
@@ -163,31 +133,22 @@ class FakeTimeSolvState:
         client_id: str = "calltime-app", client_secret: str = "calltime-secret",
         redirect_uri: str = "https://calltime.example/oauth/timesolv",
     ) -> None:
-        self.clock = clock
+        super().__init__(Faults(), clock)
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
         self.token_lifetime = token_lifetime
         self.client_id, self.client_secret, self.redirect_uri = client_id, client_secret, redirect_uri
-        self.faults = Faults()
-        self._rng = random.Random(0)
-        self._lock = threading.RLock()
         self._firms: dict[str, _Firm] = {}
         self._tokens: dict[str, _Token] = {}
         self._refresh: dict[str, tuple[str, int]] = {}
         self._codes: dict[str, tuple[str, int]] = {}
         self._windows: dict[str, tuple[float, int]] = {}
         self._ids = itertools.count(5001)
-        self._stats: Counter[str] = Counter()
-        self._by_route: Counter[str] = Counter()
-        self._by_status: Counter[str] = Counter()
 
     # -- seeding ---------------------------------------------------------------------------------------------------
 
     def add_firm(self, key: str) -> None:
-        with self._lock:
-            if key in self._firms:
-                raise ValueError(f"firm {key!r} already exists")
-            self._firms[key] = _Firm(key)
+        self._add_firm(key, lambda: _Firm(key))
 
     def add_user(
         self, firm: str, *, first_name: str, last_name: str = "", rate: Decimal | str | int = "0",
@@ -286,31 +247,6 @@ class FakeTimeSolvState:
         with self._lock:
             return [dict(card) for card in self._firm(firm).timecards.values()]
 
-    def set_faults(self, **changes: Any) -> Faults:
-        with self._lock:
-            for name, value in changes.items():
-                if not hasattr(self.faults, name):
-                    raise ValueError(f"unknown fault {name!r}")
-                setattr(self.faults, name, value)
-            if "seed" in changes:
-                self._rng = random.Random(changes["seed"])
-            return Faults(**asdict(self.faults))
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "requests": self._stats["requests"], "rate_limited": self._stats["rate_limited"],
-                "unauthorized": self._stats["unauthorized"],
-                "server_errors_injected": self._stats["server_errors_injected"],
-                "dropped_after_commit": self._stats["dropped_after_commit"],
-                "by_route": dict(self._by_route), "by_status": dict(self._by_status),
-            }
-
-    def reset_stats(self) -> None:
-        with self._lock:
-            for counter in (self._stats, self._by_route, self._by_status):
-                counter.clear()
-
     # -- OAuth -----------------------------------------------------------------------------------------------------
 
     def exchange(self, form: Mapping[str, str]) -> dict[str, Any]:
@@ -341,16 +277,12 @@ class FakeTimeSolvState:
 
     def admit(self, route: str, authorization: str | None) -> _Token:
         with self._lock:
-            self._stats["requests"] += 1
-            self._by_route[route] += 1
+            self._count_request(route)
             token, grant = self._authenticate(authorization)
-            if self.faults.burst_429 > 0:
-                self.faults.burst_429 -= 1
-                self._stats["rate_limited"] += 1
+            if self._take_burst_429():
                 raise _ApiError(429, "Too many requests", headers={"Retry-After": "1"})
             self._take_rate_slot(token)
-            if self.faults.fail_fraction_5xx and self._rng.random() < self.faults.fail_fraction_5xx:
-                self._stats["server_errors_injected"] += 1
+            if self._take_injected_5xx():
                 raise _ApiError(503, "Service Unavailable")
             return grant
 
@@ -366,28 +298,11 @@ class FakeTimeSolvState:
 
     def _take_rate_slot(self, token: str) -> None:
         now = self.clock()
-        window = self.rate_window_seconds
-        window_start = math.floor(now / window) * window
-        started, used = self._windows.get(token, (window_start, 0))
-        if started != window_start:
-            used = 0
-        if used >= self.rate_limit:
+        slot = fixed_window_slot(self._windows, token, now, self.rate_limit, self.rate_window_seconds)
+        if not slot.admitted:
             self._stats["rate_limited"] += 1
-            retry_after = max(1, math.ceil(window_start + window - now))
+            retry_after = max(1, math.ceil(slot.ends_at - now))
             raise _ApiError(429, "Rate limit exceeded", headers={"Retry-After": str(retry_after)})
-        self._windows[token] = (window_start, used + 1)
-
-    def count_status(self, status: int) -> None:
-        with self._lock:
-            self._by_status[str(status)] += 1
-
-    def take_drop(self) -> bool:
-        with self._lock:
-            drop = bool(self.faults.drop_after_commit_fraction) and (
-                self._rng.random() < self.faults.drop_after_commit_fraction)
-            if drop:
-                self._stats["dropped_after_commit"] += 1
-            return drop
 
     # -- resources -------------------------------------------------------------------------------------------------
 
@@ -434,12 +349,6 @@ class FakeTimeSolvState:
             return dict(card)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
-
-    def _firm(self, key: str) -> _Firm:
-        try:
-            return self._firms[key]
-        except KeyError:
-            raise KeyError(f"no firm {key!r}") from None
 
     def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
         if A.updated_field:
@@ -529,18 +438,6 @@ def _id_field(body: Mapping[str, Any], name: str, table: Mapping[int, Any], what
 # ASGI app
 
 
-class _DroppedResponse(Response):
-    """Starts a 200 that promises a body, then aborts: the client sees a broken connection, not an answer."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=200)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
-        raise DeliberateDrop("fake TimeSolv dropped the connection after committing")
-
-
 class _CaseInsensitivePaths:
     """IIS matches paths without regard to case (TimeSolv's own samples spell oAuth2V1 and oauth2v1)."""
 
@@ -570,35 +467,29 @@ def create_app(state: FakeTimeSolvState) -> FastAPI:
         try:
             grant = state.admit(route, request.headers.get("authorization"))
             try:
-                body = _loads(await request.body())
+                body = loads(await request.body())
             except (ValueError, UnicodeDecodeError):
                 raise _bad("The request body is not valid JSON") from None
             if endpoint in _SEARCHES:
                 response = _json(200, state.search(grant, endpoint, body))
             elif endpoint == A.timecard_create_path.lower():
                 created = state.create_timecard(grant, body)
-                response = _DroppedResponse() if state.take_drop() else _json(200, created)
+                dropped = state._take_drop()
+                response = DroppedResponse(200, _DROPPED) if dropped else _json(200, created)
             else:
                 raise _ApiError(404, f"No HTTP resource was found that matches {endpoint!r}")
         except _ApiError as error:
             response = error.response()
-        if state.faults.slow_seconds > 0:
-            await asyncio.sleep(state.faults.slow_seconds)
-        state.count_status(response.status_code)
-        return response
+        return await state._finish(response)
 
     app.add_api_route(TOKEN_PATH.lower(), token, methods=["POST"])
     app.add_api_route(f"{API_PREFIX.lower()}/{{endpoint}}", api, methods=["POST"])
     return app
 
 
-class FakeTimeSolvServer(BackgroundServer):
-    """Runs the fake under uvicorn in a background thread on 127.0.0.1; `base_url` is set once started."""
+class FakeTimeSolvServer(FakeBillingServer):
+    """The fake TimeSolv over HTTP."""
 
-    def __init__(self, state: FakeTimeSolvState, port: int = 0, *, startup_timeout: float = 10.0) -> None:
-        super().__init__(create_app(state), port, name="fake-timesolv", startup_timeout=startup_timeout)
-        self.state = state
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.base_url}{TOKEN_PATH}"
+    app_factory = staticmethod(create_app)
+    server_name = "fake-timesolv"
+    token_path = TOKEN_PATH

@@ -7,32 +7,23 @@ so store the region with the firm's credentials and build both the API and the t
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, Unpack
 
 import httpx
 
-from calltime.billing import clio_webhooks
+from calltime.billing import clio_webhooks, wire
 from calltime.billing.auth import AccessTokens, StaticToken
 from calltime.billing.clio_webhooks import ClioWebhook
 from calltime.billing.errors import (
-    AmbiguousWriteError,
     ApiVersionMismatch,
     AuthenticationError,
     PermanentBillingError,
-    TransientBillingError,
 )
-from calltime.billing.pacing import RateGate
 from calltime.billing.model import (
     BillingUser,
     DirectoryContact,
@@ -57,8 +48,6 @@ _RATE_FIELDS = "id,name,type,default,category_type,utbms_activity_id,utbms_task_
 _WEBHOOK_FIELDS = "id,etag,url,model,events,fields,status,expires_at,shared_secret"
 _PAGE_LIMIT = 200
 _USER_PAGE_LIMIT = 2000
-# Exceptions raised before any byte of the request left this process: always safe to retry.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 # Rails-style zone names, in case Clio answers with those rather than IANA names (its format is UNCONFIRMED).
 _RAILS_ZONES = {
@@ -120,44 +109,12 @@ def clio_authorize_url(region: str) -> str:
 
 def time_zone_from_clio(raw: str | None) -> str | None:
     """The one place that maps Clio's user `time_zone` to an IANA name (None when it cannot)."""
-    if not raw:
-        return None
-    if raw in _RAILS_ZONES:
-        return _RAILS_ZONES[raw]
-    try:
-        ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-    return raw
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# JSON with exact numbers
-
-
-def _encode(value: Any) -> str:
-    """JSON text in which a Decimal is written as the exact number it holds (json.dumps cannot do that)."""
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("money and quantities must be finite")
-        return format(value, "f")
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_encode(v) for v in value) + "]"
-    if isinstance(value, float):
-        raise TypeError("floats are not sent to Clio; use Decimal")
-    return json.dumps(value)
-
-
-def _decode(content: bytes) -> Any:
-    return json.loads(content, parse_float=Decimal)
+    return wire.iana_zone(raw, _RAILS_ZONES)
 
 
 def _to_decimal(value: Any) -> Decimal:
-    if value is None:
-        return Decimal("0")
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    # Clio answers null for "no rate", so a blank amount is a broken answer: it raises rather than bill at 0.
+    return wire.to_decimal(value, blank_is_zero=False)
 
 
 def _parse_datetime(raw: str | None) -> datetime | None:
@@ -170,10 +127,7 @@ def _parse_datetime(raw: str | None) -> datetime | None:
 
 
 def _clio_id(value: str, what: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise PermanentBillingError(f"{what} {value!r} is not a Clio id") from None
+    return wire.int_id(value, what, "Clio")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -193,7 +147,7 @@ class EntryTerms:
     rate_source: str = "request"  # 'request' (the draft's rate) or Clio's rate hierarchy name
 
 
-class ClioClient:
+class ClioClient(wire.WireClient):
     """Implements `BillingSystem` against one Clio account through one access token.
 
     `token` is a plain access token (kept as a `StaticToken`) or any `AccessTokens`, which is asked once
@@ -210,51 +164,29 @@ class ClioClient:
         activity_description: str | None = None,
         utbms_codes: tuple[str, str] | None = None,
         api_version: str = DEFAULT_API_VERSION,
-        http: httpx.AsyncClient | None = None,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        rate_gate: RateGate | None = None,
-        max_rate_limit_retries: int = 3,
-        max_read_retries: int = 3,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
-        rng: Callable[[], float] = random.random,
+        **options: Unpack[wire.HttpOptions],
     ) -> None:
         if _version_tuple(api_version) < FIRST_SECONDS_VERSION:
             raise ValueError(f"API version {api_version} reports activity quantity in hours; use 4.0.4 or later")
-        self._tokens = _token_source(token)
+        tokens = _token_source(token)
         self._description_name = _check_description_name(activity_description, utbms_codes)
         self._utbms_codes = _check_utbms_codes(utbms_codes)
         self._description_ids: dict[str, int] = {}
         self._utbms_ids: dict[tuple[str, str], tuple[int, int]] = {}
         self._base = httpx.URL(base_url.rstrip("/"))
         self.api_version = api_version
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient()
-        self._timeout = httpx.Timeout(timeout)
-        self._sleep = sleep
-        self._gate = rate_gate or RateGate(clock, sleep)
-        self._clock = clock
-        self._max_429 = max_rate_limit_retries
-        self._max_read_retries = max_read_retries
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._rng = rng
+        # Clio states its allowance in X-RateLimit-* headers, so the gate needs no limit of its own.
+        self._wire = wire.BillingHttp(
+            "Clio", tokens, log=log,
+            client_error=lambda response, what: _client_error(response, what, self.api_version),
+            retry_after=_retry_after_seconds, refresh_failed=self._refresh_failed, server_error_type=_error_type,
+            **options,
+        )
+        self._clock = self._wire.clock
 
     def __repr__(self) -> str:
         # Never show the token.
         return f"ClioClient(base_url={str(self._base)!r}, api_version={self.api_version!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> ClioClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     # -- directory ------------------------------------------------------------------------------------------------
 
@@ -484,102 +416,24 @@ class ClioClient:
             next_url = ((body.get("meta") or {}).get("paging") or {}).get("next")
             if not next_url:
                 return
-            url, page_params = self._same_origin(next_url), None
-
-    def _same_origin(self, raw: str) -> httpx.URL:
-        # The next-page URL comes from the server; never send the token anywhere but the firm's Clio host.
-        url = httpx.URL(raw)
-        if (url.scheme, url.host, url.port) != (self._base.scheme, self._base.host, self._base.port):
-            raise PermanentBillingError(f"Clio paging pointed to another host ({url.host})")
-        return url
+            url, page_params = wire.same_origin(next_url, self._base, "Clio"), None
 
     async def _request(
         self, method: str, path_or_url: str | httpx.URL, *, params: Mapping[str, str] | None = None,
         body: Any = None, extra_headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         url = self._base.join(path_or_url) if isinstance(path_or_url, str) else path_or_url
-        what = f"{method} {url.path}"
-        is_write = method != "GET"
-        content = _encode(body).encode() if body is not None else None
-        rate_limited = retried = 0
-        refreshed = False
-        while True:
-            token = await self._tokens.bearer()
-            headers = self._headers(token, content is not None) | dict(extra_headers or {})
-            await self._gate.before_request()
-            try:
-                response = await self._http.request(
-                    method, url, params=params, content=content, headers=headers, timeout=self._timeout,
-                )
-            except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
-                # Our own request was unsendable (bad URL or header). Not chained: h11's message can quote the
-                # Authorization header.
-                raise PermanentBillingError(f"{what}: request could not be sent ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
-                sent = not isinstance(exc, _NOT_SENT)
-                if sent and is_write:
-                    raise AmbiguousWriteError(
-                        f"{what}: no answer after sending ({type(exc).__name__}); look up before retrying"
-                    ) from exc
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, type(exc).__name__)
-                    continue
-                raise TransientBillingError(f"{what}: {type(exc).__name__} after {retried} retries") from exc
-            self._gate.observe(response.headers)
-            status = response.status_code
-            if status == 429:
-                if rate_limited >= self._max_429:
-                    raise TransientBillingError(f"{what}: still rate limited after {rate_limited} retries", status=429)
-                rate_limited += 1
-                await self._wait_retry_after(response, what)
-                continue
-            if status >= 500 or status == 408:
-                if is_write:
-                    raise AmbiguousWriteError(
-                        f"{what}: HTTP {status} after sending; look up before retrying", status=status,
-                        error_type=_error_type(response),
-                    )
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, f"HTTP {status}")
-                    continue
-                raise TransientBillingError(f"{what}: HTTP {status} after {retried} retries", status=status)
-            if status == 401 and not refreshed:
-                # A 401 is answered before anything is processed, so even a write is safe to send again.
-                refreshed = True
-                await self._after_rejection(token, response, what)
-                continue
-            if status >= 400:
-                raise _client_error(response, what, self.api_version)
-            return self._success_body(response, what, is_write)
+        response = await self._wire.send(method, url, params=params, body=body,
+                                         headers={"X-API-VERSION": self.api_version, **(extra_headers or {})})
+        return self._success_body(response, f"{method} {url.path}", is_write=method != "GET")
 
-    async def _after_rejection(self, token: str, response: httpx.Response, what: str) -> None:
-        try:
-            await self._tokens.after_rejection(token)
-        except AuthenticationError as exc:
-            # Report Clio's own 401 (its error type tells expired from missing), noting that no refresh was possible.
-            error = _client_error(response, what, self.api_version)
-            raise AuthenticationError(
-                f"{error}; no fresh token: {exc}", status=401, error_type=error.error_type
-            ) from None
-        log.info("%s: access token rejected; retrying once with a fresh one", what)
-
-    def _headers(self, token: str, has_body: bool) -> dict[str, str]:
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "X-API-VERSION": self.api_version,
-            "Accept": "application/json",
-        }
-        if has_body:
-            headers["Content-Type"] = "application/json"
-        return headers
+    def _refresh_failed(self, response: httpx.Response, what: str, exc: AuthenticationError) -> AuthenticationError:
+        # Report Clio's own 401 (its error type tells expired from missing), noting that no refresh was possible.
+        error = _client_error(response, what, self.api_version)
+        return AuthenticationError(f"{error}; no fresh token: {exc}", status=401, error_type=error.error_type)
 
     def _success_body(self, response: httpx.Response, what: str, is_write: bool) -> dict[str, Any]:
-        try:
-            body = _decode(response.content)
-        except ValueError:
-            body = None
+        body = wire.decode_or_none(response.content)
         echoed = response.headers.get("X-API-VERSION")
         if echoed != self.api_version:
             created = body.get("data", {}).get("id") if is_write and isinstance(body, dict) else None
@@ -589,35 +443,14 @@ class ClioClient:
                 resource_id=str(created) if created is not None else None,
             )
         if not isinstance(body, dict):
-            error = AmbiguousWriteError if is_write else TransientBillingError
-            raise error(f"{what}: HTTP {response.status_code} with an unreadable body", status=response.status_code)
+            raise wire.unreadable(response, what, is_write=is_write)
         return body
 
-    async def _wait_retry_after(self, response: httpx.Response, what: str) -> None:
-        delay = _retry_after_seconds(response.headers, self._clock())
-        log.warning("%s rate limited by Clio; retrying in %.1fs", what, delay)
-        await self._sleep(delay)
-        # Clio said when to come back; do not also wait on the 429's own Remaining: 0.
-        self._gate.forget()
 
-    async def _backoff(self, attempt: int, what: str, reason: str) -> None:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
-        delay = ceiling / 2 + self._rng() * ceiling / 2  # jitter keeps many workers from retrying in step
-        log.warning("%s failed (%s); retry %d in %.2fs", what, reason, attempt, delay)
-        await self._sleep(delay)
-
-
-def _retry_after_seconds(headers: httpx.Headers, now: float) -> float:
-    raw = headers.get("Retry-After")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
-        except (TypeError, ValueError):
-            pass
+def _retry_after_seconds(headers: httpx.Headers, now: float, attempt: int) -> float:
+    delay = wire.retry_after_header(headers, now)
+    if delay is not None:
+        return delay
     try:
         return max(1.0, float(headers["X-RateLimit-Reset"]) - now)
     except (KeyError, ValueError):
@@ -630,10 +463,7 @@ def _error_type(response: httpx.Response) -> str | None:
 
 def _error_parts(response: httpx.Response) -> tuple[str | None, str]:
     """(type, message) from either of Clio's error shapes: {"error":{type,message}} or RFC 6750."""
-    try:
-        body = _decode(response.content)
-    except ValueError:
-        return None, response.reason_phrase
+    body = wire.decode_or_none(response.content)
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         return error.get("type"), str(error.get("message") or "")

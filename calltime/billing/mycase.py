@@ -9,24 +9,18 @@ a time entry, so the draft id travels as a marker in the description and `find_e
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import random
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timedelta
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 
+from calltime.billing import wire
 from calltime.billing.auth import AccessTokens
 from calltime.billing.errors import (
     AmbiguousWriteError,
-    AuthenticationError,
     PermanentBillingError,
     TransientBillingError,
 )
@@ -37,7 +31,6 @@ from calltime.billing.model import (
     TimeEntryRequest,
     WrittenEntry,
 )
-from calltime.billing.pacing import RateGate
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +40,8 @@ TOKEN_URL = "https://auth.mycase.com/tokens"
 RATE_LIMIT = 25
 RATE_WINDOW_SECONDS = 1.0
 PAGE_SIZE = 1000  # the documented maximum; the default is 25
-SECONDS_PER_HOUR = 3600
 # A write lands after the call started; the slack absorbs clock skew between the phone provider, us and MyCase.
 LOOKUP_SLACK = timedelta(days=1)
-_REMEMBERED_ATTEMPTS = 1000
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 ACTIVITY_NAME = "Telephone Call"
 """UNCONFIRMED (billing-apis.md §2, mycase_time_entry_create_request.src.txt): whether `activity_name` must name an
@@ -81,17 +71,8 @@ def company_contact_id(company_id: Any) -> str:
 def retry_after_seconds(headers: httpx.Headers, now: float, attempt: int) -> float:
     """UNCONFIRMED (billing-apis.md §2): whether a 429 carries `Retry-After`. Honour it when present; otherwise wait
     out the one-second window, doubling with each further 429."""
-    raw = headers.get("Retry-After")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
-        except (TypeError, ValueError):
-            pass
-    return min(8.0, RATE_WINDOW_SECONDS * 2 ** (attempt - 1))
+    delay = wire.retry_after_header(headers, now)
+    return delay if delay is not None else min(8.0, RATE_WINDOW_SECONDS * 2 ** (attempt - 1))
 
 
 def hours_for(billed_seconds: int) -> Decimal:
@@ -101,73 +82,27 @@ def hours_for(billed_seconds: int) -> Decimal:
     else would have to be rounded, which changes what the client is billed, so it is refused instead. How many
     decimal places MyCase keeps is UNCONFIRMED.
     """
-    if isinstance(billed_seconds, bool) or not isinstance(billed_seconds, int) or billed_seconds <= 0:
-        raise PermanentBillingError(f"billed_seconds must be a positive whole number, not {billed_seconds!r}",
-                                    error_type="InvalidDuration")
-    if billed_seconds % 9:
-        raise PermanentBillingError(
-            f"{billed_seconds} s is not an exact decimal number of hours; round the draft to a multiple of 36 s"
-            " (0.01 h) before writing to MyCase", error_type="InvalidDuration")
-    return Decimal(billed_seconds) / SECONDS_PER_HOUR
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# JSON with exact numbers
-
-
-def _encode(value: Any) -> str:
-    """JSON text in which a Decimal is written as the exact number it holds (json.dumps cannot do that)."""
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("money and quantities must be finite")
-        return format(value, "f")
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_encode(v) for v in value) + "]"
-    if isinstance(value, float):
-        raise TypeError("floats are not sent to MyCase; use Decimal")
-    return json.dumps(value)
-
-
-def _decode(content: bytes) -> Any:
-    return json.loads(content, parse_float=Decimal)
-
-
-def _to_decimal(value: Any) -> Decimal:
-    if value is None or value == "":
-        return Decimal("0")
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    return wire.exact_hours(billed_seconds, "MyCase")
 
 
 def _parse_datetime(raw: Any) -> datetime | None:
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
     # "If a timezone is not specified, the API will default to UTC" (S-MYC Time Zones).
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return wire.parse_datetime(raw)
 
 
 def _since_param(moment: datetime) -> str:
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    return aware.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return wire.as_utc(moment).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _mycase_id(value: str, what: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise PermanentBillingError(f"{what} {value!r} is not a MyCase id", error_type="InvalidReference") from None
+    return wire.int_id(value, what, "MyCase", error_type="InvalidReference")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Client
 
 
-class MyCaseClient:
+class MyCaseClient(wire.WireClient):
     """Implements `BillingSystem` against one MyCase firm through one OAuth grant."""
 
     def __init__(
@@ -175,56 +110,27 @@ class MyCaseClient:
         base_url: str,
         tokens: AccessTokens,
         *,
-        http: httpx.AsyncClient | None = None,
-        rate_gate: RateGate | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        timeout: float = 10.0,
-        max_rate_limit_retries: int = 3,
-        max_read_retries: int = 3,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
-        rng: Callable[[], float] = random.random,
         activity_name: str = ACTIVITY_NAME,
         page_size: int = PAGE_SIZE,
+        **options: Unpack[wire.HttpOptions],
     ) -> None:
         if not 1 <= page_size <= PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{PAGE_SIZE}")
         self._base = httpx.URL(base_url.rstrip("/"))
-        self._tokens = tokens
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient()
-        self._timeout = httpx.Timeout(timeout)
-        self._clock = clock
-        self._sleep = sleep
-        self._gate = rate_gate or RateGate(clock, sleep, limit=RATE_LIMIT, window_seconds=RATE_WINDOW_SECONDS)
-        self._max_429 = max_rate_limit_retries
-        self._max_read_retries = max_read_retries
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._rng = rng
+        self._wire = wire.BillingHttp("MyCase", tokens, log=log, client_error=_client_error,
+                                      retry_after=retry_after_seconds, limit=RATE_LIMIT,
+                                      window_seconds=RATE_WINDOW_SECONDS, **options)
         self.activity_name = activity_name
         self._page_size = page_size
-        # Writes whose answer may have been lost, so a bare find_entry(draft_id) can still narrow its search.
-        self._attempts: OrderedDict[str, TimeEntryRequest] = OrderedDict()
+        self._attempts = wire.RecentWrites()
 
     def __repr__(self) -> str:
         return f"MyCaseClient(base_url={str(self._base)!r})"
 
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> MyCaseClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     # -- directory ------------------------------------------------------------------------------------------------
 
     async def who_am_i(self) -> BillingUser:
-        response = await self._send("GET", self._base.join("/v1/me"))
+        response = await self._wire.send("GET", self._base.join("/v1/me"))
         return _user_from(self._json_object(response, "GET /v1/me"))
 
     async def list_users(self) -> list[BillingUser]:
@@ -270,21 +176,15 @@ class MyCaseClient:
             found = await self.find_entry(req.draft_id, hint=req)
             if found is not None:
                 return found
-        self._remember(req)
+        self._attempts.remember(req)
         what = "POST /v1/time_entries"
-        response = await self._send("POST", self._base.join("/v1/time_entries"), body=body)
+        response = await self._wire.send("POST", self._base.join("/v1/time_entries"), body=body)
         created = self._json_object(response, what, is_write=True)
         if created.get("id") is None:
             raise AmbiguousWriteError(f"{what}: HTTP {response.status_code} without an id; look up before retrying")
-        _check_echo(created, body)
-        self._attempts.pop(req.draft_id, None)
+        wire.check_hours_echo(created, body, "MyCase")
+        self._attempts.forget(req.draft_id)
         return WrittenEntry(entry_id=str(created["id"]), communication_id=None)
-
-    def _remember(self, req: TimeEntryRequest) -> None:
-        self._attempts[req.draft_id] = req
-        self._attempts.move_to_end(req.draft_id)
-        while len(self._attempts) > _REMEMBERED_ATTEMPTS:
-            self._attempts.popitem(last=False)
 
     # -- HTTP -----------------------------------------------------------------------------------------------------
 
@@ -292,8 +192,8 @@ class MyCaseClient:
         url = self._base.join(path)
         page_params: dict[str, str] | None = params
         while True:
-            response = await self._send("GET", url, params=page_params)
-            items = self._json(response, f"GET {url.path}")
+            response = await self._wire.send("GET", url, params=page_params)
+            items = wire.json_body(response, f"GET {url.path}")
             if not isinstance(items, list):
                 raise TransientBillingError(f"GET {url.path}: expected a JSON array", status=response.status_code)
             for item in items:
@@ -301,110 +201,20 @@ class MyCaseClient:
             next_url = response.links.get("next", {}).get("url")
             if not next_url:
                 return
-            url, page_params = self._same_origin(next_url), None
+            url, page_params = wire.same_origin(next_url, self._base, "MyCase"), None
 
-    def _same_origin(self, raw: str) -> httpx.URL:
-        # The next-page URL comes from the server; never send the token anywhere but the firm's MyCase host.
-        url = httpx.URL(raw)
-        if (url.scheme, url.host, url.port) != (self._base.scheme, self._base.host, self._base.port):
-            raise PermanentBillingError(f"MyCase paging pointed to another host ({url.host})")
-        return url
-
-    async def _send(
-        self, method: str, url: httpx.URL, *, params: Mapping[str, str] | None = None, body: Any = None,
-    ) -> httpx.Response:
-        what = f"{method} {url.path}"
-        is_write = method != "GET"
-        content = _encode(body).encode() if body is not None else None
-        token = await self._tokens.bearer()
-        refreshed = False
-        rate_limited = retried = 0
-        while True:
-            await self._gate.before_request()
-            try:
-                response = await self._http.request(
-                    method, url, params=params, content=content, headers=_headers(token, content is not None),
-                    timeout=self._timeout,
-                )
-            except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
-                # Not chained: h11's message can quote the Authorization header.
-                raise PermanentBillingError(f"{what}: request could not be sent ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
-                sent = not isinstance(exc, _NOT_SENT)
-                if sent and is_write:
-                    raise AmbiguousWriteError(
-                        f"{what}: no answer after sending ({type(exc).__name__}); look up before retrying"
-                    ) from exc
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, type(exc).__name__)
-                    continue
-                raise TransientBillingError(f"{what}: {type(exc).__name__} after {retried} retries") from exc
-            self._gate.observe(response.headers)
-            status = response.status_code
-            if status == 401:
-                # A rejected request was not processed, so even a write may be sent again with a fresh token.
-                if refreshed:
-                    raise _client_error(response, what)
-                refreshed = True
-                token = await self._tokens.after_rejection(token)
-                continue
-            if status == 429:
-                if rate_limited >= self._max_429:
-                    raise TransientBillingError(f"{what}: still rate limited after {rate_limited} retries", status=429)
-                rate_limited += 1
-                delay = retry_after_seconds(response.headers, self._clock(), rate_limited)
-                log.warning("%s rate limited by MyCase; retrying in %.2fs", what, delay)
-                await self._sleep(delay)
-                continue
-            if status >= 500 or status == 408:
-                if is_write:
-                    raise AmbiguousWriteError(f"{what}: HTTP {status} after sending; look up before retrying",
-                                              status=status)
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, f"HTTP {status}")
-                    continue
-                raise TransientBillingError(f"{what}: HTTP {status} after {retried} retries", status=status)
-            if status >= 400:
-                raise _client_error(response, what)
-            return response
-
-    def _json(self, response: httpx.Response, what: str, *, is_write: bool = False) -> Any:
-        try:
-            return _decode(response.content)
-        except ValueError:
-            error = AmbiguousWriteError if is_write else TransientBillingError
-            raise error(f"{what}: HTTP {response.status_code} with an unreadable body",
-                        status=response.status_code) from None
 
     def _json_object(self, response: httpx.Response, what: str, *, is_write: bool = False) -> dict[str, Any]:
-        body = self._json(response, what, is_write=is_write)
+        body = wire.json_body(response, what, is_write=is_write)
         if not isinstance(body, dict):
             error = AmbiguousWriteError if is_write else TransientBillingError
             raise error(f"{what}: expected a JSON object", status=response.status_code)
         return body
 
-    async def _backoff(self, attempt: int, what: str, reason: str) -> None:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
-        delay = ceiling / 2 + self._rng() * ceiling / 2  # jitter keeps many workers from retrying in step
-        log.warning("%s failed (%s); retry %d in %.2fs", what, reason, attempt, delay)
-        await self._sleep(delay)
-
-
-def _headers(token: str, has_body: bool) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    if has_body:
-        headers["Content-Type"] = "application/json"
-    return headers
-
 
 def error_descriptions(response: httpx.Response) -> list[str]:
     """The human-readable parts of MyCase's documented error body, each with the field or parameter it names."""
-    try:
-        body = _decode(response.content)
-    except ValueError:
-        return []
+    body = wire.decode_or_none(response.content)
     errors = body.get("errors") if isinstance(body, dict) else None
     out = []
     for error in errors if isinstance(errors, list) else ():
@@ -418,21 +228,9 @@ def error_descriptions(response: httpx.Response) -> list[str]:
 
 
 def _client_error(response: httpx.Response, what: str) -> PermanentBillingError:
-    status = response.status_code
     detail = "; ".join(error_descriptions(response)) or response.reason_phrase
-    text = f"{what}: HTTP {status}: {detail}"
-    if status == 401:
-        return AuthenticationError(text, status=status, error_type="Unauthorized")
-    return PermanentBillingError(text, status=status, error_type=response.reason_phrase or None)
-
-
-def _check_echo(created: Mapping[str, Any], sent: Mapping[str, Any]) -> None:
-    """The created entry must say what was sent: a unit or rounding change is a billing error a human must see."""
-    hours, rate = _to_decimal(created.get("hours")), _to_decimal(created.get("rate"))
-    if hours != sent["hours"] or rate != sent["rate"]:
-        raise PermanentBillingError(
-            f"MyCase stored time entry {created.get('id')} as {hours} h at {rate} (sent {sent['hours']} h at"
-            f" {sent['rate']}); the entry exists and needs a human look", error_type="EchoMismatch")
+    return wire.client_error(response, what, detail, auth_error_type="Unauthorized",
+                             error_type=response.reason_phrase or None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -472,7 +270,7 @@ def _user_from(item: Mapping[str, Any]) -> BillingUser:
     return BillingUser(
         user_id=str(item["id"]),
         name=_full_name(item),
-        rate=_to_decimal(item.get("default_hourly_rate")),
+        rate=wire.to_decimal(item.get("default_hourly_rate")),
         time_zone=None,  # MyCase staff (and firm) records carry no time zone (S-MYC Staff.json, Firm.json)
         phone_number=phones[0] if phones else None,
         enabled=bool(item.get("active", True)),

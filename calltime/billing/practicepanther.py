@@ -13,25 +13,19 @@ ACCOUNTS as contacts (contact_id = account id, every phone of every person in it
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import random
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timedelta
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 import httpx
 
+from calltime.billing import wire
 from calltime.billing.auth import AccessTokens
 from calltime.billing.errors import (
     AmbiguousWriteError,
-    AuthenticationError,
     PermanentBillingError,
     TransientBillingError,
 )
@@ -42,15 +36,11 @@ from calltime.billing.model import (
     TimeEntryRequest,
     WrittenEntry,
 )
-from calltime.billing.pacing import RateGate
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://app.practicepanther.com"
 TOKEN_URL = "https://app.practicepanther.com/oauth/token"
-SECONDS_PER_HOUR = 3600
-_REMEMBERED_ATTEMPTS = 1000
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _PHONE_FIELDS = ("phone_mobile", "phone_work", "phone_home")  # the fax line is left out: nobody calls from it
 
 ASSUMED_RATE_LIMIT = 120
@@ -83,30 +73,20 @@ def is_token_rejection(response: httpx.Response) -> bool:
         return True
     if response.status_code != 400:
         return False
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        return False
+    body = wire.decode_or_none(response.content)
     return isinstance(body, dict) and body.get("error") == "invalid_grant"
 
 
 def parse_pp_datetime(raw: Any) -> datetime | None:
     """UNCONFIRMED (billing-apis.md §3): PracticePanther writes timestamps without an offset
     ("2026-02-20T14:01:44"); they are read as UTC."""
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return wire.parse_datetime(raw)
 
 
 def since_param(moment: datetime) -> str:
     """UNCONFIRMED (billing-apis.md §3): which zone PracticePanther reads `updated_since` in. Asking from 14 hours
     earlier (the widest UTC offset) can only repeat records, never miss one."""
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    widened = aware.astimezone(timezone.utc) - timedelta(hours=14)
+    widened = wire.as_utc(moment) - timedelta(hours=14)
     return widened.replace(tzinfo=None).isoformat(timespec="seconds")
 
 
@@ -133,43 +113,7 @@ def hours_for(billed_seconds: int) -> Decimal:
     Only multiples of 9 s have a finite decimal form (9 s = 0.0025 h); anything else would have to be rounded, which
     changes what the client is billed, so it is refused. How many places PracticePanther keeps is UNCONFIRMED.
     """
-    if isinstance(billed_seconds, bool) or not isinstance(billed_seconds, int) or billed_seconds <= 0:
-        raise PermanentBillingError(f"billed_seconds must be a positive whole number, not {billed_seconds!r}",
-                                    error_type="InvalidDuration")
-    if billed_seconds % 9:
-        raise PermanentBillingError(
-            f"{billed_seconds} s is not an exact decimal number of hours; round the draft to a multiple of 36 s"
-            " (0.01 h) before writing to PracticePanther", error_type="InvalidDuration")
-    return Decimal(billed_seconds) / SECONDS_PER_HOUR
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# JSON with exact numbers
-
-
-def _encode(value: Any) -> str:
-    """JSON text in which a Decimal is written as the exact number it holds (json.dumps cannot do that)."""
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("money and quantities must be finite")
-        return format(value, "f")
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_encode(v) for v in value) + "]"
-    if isinstance(value, float):
-        raise TypeError("floats are not sent to PracticePanther; use Decimal")
-    return json.dumps(value)
-
-
-def _decode(content: bytes) -> Any:
-    return json.loads(content, parse_float=Decimal)
-
-
-def _to_decimal(value: Any) -> Decimal:
-    if value is None or value == "":
-        return Decimal("0")
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    return wire.exact_hours(billed_seconds, "PracticePanther")
 
 
 def _pp_id(value: str, what: str) -> str:
@@ -182,7 +126,7 @@ def _pp_id(value: str, what: str) -> str:
 # Client
 
 
-class PracticePantherClient:
+class PracticePantherClient(wire.WireClient):
     """Implements `BillingSystem` against one PracticePanther account through one OAuth grant."""
 
     def __init__(
@@ -190,49 +134,22 @@ class PracticePantherClient:
         base_url: str,
         tokens: AccessTokens,
         *,
-        http: httpx.AsyncClient | None = None,
-        rate_gate: RateGate | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        timeout: float = 10.0,
-        max_rate_limit_retries: int = 3,
-        max_read_retries: int = 3,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
-        rng: Callable[[], float] = random.random,
         page_size: int = PAGE_SIZE,
+        **options: Unpack[wire.HttpOptions],
     ) -> None:
         if not 1 <= page_size <= PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{PAGE_SIZE}")
         self._base = httpx.URL(base_url.rstrip("/"))
-        self._tokens = tokens
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient()
-        self._timeout = httpx.Timeout(timeout)
-        self._clock = clock
-        self._sleep = sleep
-        self._gate = rate_gate or RateGate(clock, sleep, limit=ASSUMED_RATE_LIMIT,
-                                           window_seconds=ASSUMED_RATE_WINDOW_SECONDS)
-        self._max_429 = max_rate_limit_retries
-        self._max_read_retries = max_read_retries
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._rng = rng
+        self._wire = wire.BillingHttp(
+            "PracticePanther", tokens, log=log, client_error=_client_error, retry_after=_retry_after_seconds,
+            is_rejection=is_token_rejection, limit=ASSUMED_RATE_LIMIT, window_seconds=ASSUMED_RATE_WINDOW_SECONDS,
+            **options,
+        )
         self._page_size = page_size
-        self._attempts: OrderedDict[str, TimeEntryRequest] = OrderedDict()
+        self._attempts = wire.RecentWrites()
 
     def __repr__(self) -> str:
         return f"PracticePantherClient(base_url={str(self._base)!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> PracticePantherClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     # -- directory ------------------------------------------------------------------------------------------------
 
@@ -293,27 +210,21 @@ class PracticePantherClient:
         if not account_id:
             raise PermanentBillingError(f"matter {req.matter_id} has no account", error_type="MatterWithoutAccount")
         body["account_ref"] = {"id": account_id}
-        self._remember(req)
+        self._attempts.remember(req)
         what = "POST /api/v2/timeentries"
-        response = await self._send("POST", self._base.join("/api/v2/timeentries"), body=body)
-        created = self._json(response, what, is_write=True)
+        response = await self._wire.send("POST", self._base.join("/api/v2/timeentries"), body=body)
+        created = wire.json_body(response, what, is_write=True)
         if not isinstance(created, dict) or not created.get("id"):
             raise AmbiguousWriteError(f"{what}: HTTP {response.status_code} without an id; look up before retrying")
-        _check_echo(created, body)
-        self._attempts.pop(req.draft_id, None)
+        wire.check_hours_echo(created, body, "PracticePanther")
+        self._attempts.forget(req.draft_id)
         return WrittenEntry(entry_id=str(created["id"]), communication_id=None)
-
-    def _remember(self, req: TimeEntryRequest) -> None:
-        self._attempts[req.draft_id] = req
-        self._attempts.move_to_end(req.draft_id)
-        while len(self._attempts) > _REMEMBERED_ATTEMPTS:
-            self._attempts.popitem(last=False)
 
     # -- HTTP -----------------------------------------------------------------------------------------------------
 
     async def _get_object(self, path: str) -> dict[str, Any]:
         url = self._base.join(path)
-        body = self._json(await self._send("GET", url), f"GET {url.path}")
+        body = wire.json_body(await self._wire.send("GET", url), f"GET {url.path}")
         if not isinstance(body, dict):
             raise TransientBillingError(f"GET {url.path}: expected a JSON object")
         return body
@@ -322,8 +233,8 @@ class PracticePantherClient:
         url = self._base.join(path)
         skip = 0
         while True:
-            response = await self._send("GET", url, params={**params, **page_params(skip, self._page_size)})
-            items = self._json(response, f"GET {url.path}")
+            response = await self._wire.send("GET", url, params={**params, **page_params(skip, self._page_size)})
+            items = wire.json_body(response, f"GET {url.path}")
             if not isinstance(items, list):
                 raise TransientBillingError(f"GET {url.path}: expected a JSON array", status=response.status_code)
             for item in items:
@@ -332,111 +243,17 @@ class PracticePantherClient:
                 return
             skip += len(items)
 
-    async def _send(
-        self, method: str, url: httpx.URL, *, params: Mapping[str, str] | None = None, body: Any = None,
-    ) -> httpx.Response:
-        what = f"{method} {url.path}"
-        is_write = method != "GET"
-        content = _encode(body).encode() if body is not None else None
-        token = await self._tokens.bearer()
-        refreshed = False
-        rate_limited = retried = 0
-        while True:
-            await self._gate.before_request()
-            try:
-                response = await self._http.request(
-                    method, url, params=params, content=content, headers=_headers(token, content is not None),
-                    timeout=self._timeout,
-                )
-            except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
-                # Not chained: h11's message can quote the Authorization header.
-                raise PermanentBillingError(f"{what}: request could not be sent ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
-                sent = not isinstance(exc, _NOT_SENT)
-                if sent and is_write:
-                    raise AmbiguousWriteError(
-                        f"{what}: no answer after sending ({type(exc).__name__}); look up before retrying"
-                    ) from exc
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, type(exc).__name__)
-                    continue
-                raise TransientBillingError(f"{what}: {type(exc).__name__} after {retried} retries") from exc
-            self._gate.observe(response.headers)
-            status = response.status_code
-            if is_token_rejection(response):
-                # A rejected request was not processed, so even a write may be sent again with a fresh token.
-                if refreshed:
-                    raise AuthenticationError(f"{what}: HTTP {status}: {error_message(response)}", status=status,
-                                              error_type="TokenRejected")
-                refreshed = True
-                token = await self._tokens.after_rejection(token)
-                continue
-            if status == 429:
-                if rate_limited >= self._max_429:
-                    raise TransientBillingError(f"{what}: still rate limited after {rate_limited} retries", status=429)
-                rate_limited += 1
-                delay = _retry_after_seconds(response.headers, self._clock(), rate_limited)
-                log.warning("%s rate limited by PracticePanther; retrying in %.2fs", what, delay)
-                await self._sleep(delay)
-                continue
-            if status >= 500 or status == 408:
-                if is_write:
-                    raise AmbiguousWriteError(f"{what}: HTTP {status} after sending; look up before retrying",
-                                              status=status)
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, f"HTTP {status}")
-                    continue
-                raise TransientBillingError(f"{what}: HTTP {status} after {retried} retries", status=status)
-            if status >= 400:
-                raise PermanentBillingError(f"{what}: HTTP {status}: {error_message(response)}", status=status,
-                                            error_type=response.reason_phrase or None)
-            return response
-
-    def _json(self, response: httpx.Response, what: str, *, is_write: bool = False) -> Any:
-        try:
-            return _decode(response.content)
-        except ValueError:
-            error = AmbiguousWriteError if is_write else TransientBillingError
-            raise error(f"{what}: HTTP {response.status_code} with an unreadable body",
-                        status=response.status_code) from None
-
-    async def _backoff(self, attempt: int, what: str, reason: str) -> None:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
-        delay = ceiling / 2 + self._rng() * ceiling / 2  # jitter keeps many workers from retrying in step
-        log.warning("%s failed (%s); retry %d in %.2fs", what, reason, attempt, delay)
-        await self._sleep(delay)
-
-
-def _headers(token: str, has_body: bool) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    if has_body:
-        headers["Content-Type"] = "application/json"
-    return headers
 
 
 def _retry_after_seconds(headers: httpx.Headers, now: float, attempt: int) -> float:
-    raw = headers.get("Retry-After")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
-        except (TypeError, ValueError):
-            pass
-    return min(60.0, float(2 ** attempt))
+    delay = wire.retry_after_header(headers, now)
+    return delay if delay is not None else min(60.0, float(2 ** attempt))
 
 
 def error_message(response: httpx.Response) -> str:
     """Readable text from an error body. UNCONFIRMED (billing-apis.md §3): PracticePanther's error shape is not
     documented; ASP.NET's `{"Message", "ModelState"}` and OAuth's `{"error", "error_description"}` are both read."""
-    try:
-        body = _decode(response.content)
-    except ValueError:
-        return response.reason_phrase
+    body = wire.decode_or_none(response.content)
     if not isinstance(body, dict):
         return response.reason_phrase
     parts = [str(body.get(k)) for k in ("Message", "message", "error", "error_description") if body.get(k)]
@@ -447,13 +264,9 @@ def error_message(response: httpx.Response) -> str:
     return " | ".join(parts) or response.reason_phrase
 
 
-def _check_echo(created: Mapping[str, Any], sent: Mapping[str, Any]) -> None:
-    """The created entry must say what was sent: a unit or rounding change is a billing error a human must see."""
-    hours, rate = _to_decimal(created.get("hours")), _to_decimal(created.get("rate"))
-    if hours != sent["hours"] or rate != sent["rate"]:
-        raise PermanentBillingError(
-            f"PracticePanther stored time entry {created.get('id')} as {hours} h at {rate} (sent {sent['hours']} h"
-            f" at {sent['rate']}); the entry exists and needs a human look", error_type="EchoMismatch")
+def _client_error(response: httpx.Response, what: str) -> PermanentBillingError:
+    return wire.client_error(response, what, error_message(response), rejected=is_token_rejection(response),
+                             auth_error_type="TokenRejected", error_type=response.reason_phrase or None)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,26 +11,22 @@ back; until then the write is ambiguous and the caller must look before writing 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import json
 import logging
-import random
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Unpack
 
 import httpx
 
+from calltime import units
+from calltime.billing import wire
 from calltime.billing.auth import AccessTokens
 from calltime.billing.errors import (
     AmbiguousWriteError,
-    AuthenticationError,
     PermanentBillingError,
     TransientBillingError,
 )
@@ -41,7 +37,6 @@ from calltime.billing.model import (
     TimeEntryRequest,
     WrittenEntry,
 )
-from calltime.billing.pacing import RateGate
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +53,6 @@ MATTER_STATUSES = ("Open", "Pending", "Closed", "Cancelled", "Deleted")
 _STATUS_TO_PORT = {"open": "open", "pending": "pending", "closed": "closed", "cancelled": "closed",
                    "deleted": "closed"}
 _TICKS_AT_UNIX_EPOCH = 621_355_968_000_000_000  # .NET ticks (100 ns since 0001-01-01) at 1970-01-01 UTC
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _REQUEST_ID_NAMESPACE = uuid.UUID("8a1f6c52-1d2e-4c8b-9a57-6b0c2e7d3f10")
 
 ASYNC_CONFIRM_SECONDS = 30.0
@@ -85,18 +79,12 @@ def marker(draft_id: str) -> str:
 
 def minutes_from_seconds(billed_seconds: int) -> int:
     """Whole minutes for FeeDto.duration (int64); refuses any duration that is not exact minutes."""
-    if isinstance(billed_seconds, bool) or not isinstance(billed_seconds, int) or billed_seconds <= 0:
-        raise ValueError(f"billed_seconds must be a positive whole number, not {billed_seconds!r}")
-    minutes = Decimal(billed_seconds) / Decimal(60)
-    if minutes != minutes.to_integral_value():
-        raise ValueError(f"{billed_seconds} s is not a whole number of minutes ({minutes} min)")
-    return int(minutes)
+    return units.seconds_to_minutes(billed_seconds)
 
 
 def ticks_from_datetime(moment: datetime) -> int:
     """.NET ticks of a UTC instant, as `UpdatedSince` and webhook `timestamp` carry them (exact)."""
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    delta = aware.astimezone(timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = wire.as_utc(moment) - datetime(1970, 1, 1, tzinfo=timezone.utc)
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return _TICKS_AT_UNIX_EPOCH + micros * 10
 
@@ -137,41 +125,10 @@ def phone_text(phone: Mapping[str, Any] | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# JSON with exact numbers
-
-
-def _encode(value: Any) -> str:
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("money and quantities must be finite")
-        return format(value, "f")
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_encode(v) for v in value) + "]"
-    if isinstance(value, float):
-        raise TypeError("floats are not sent to Smokeball; use Decimal")
-    return json.dumps(value)
-
-
-def _decode(content: bytes) -> Any:
-    return json.loads(content, parse_float=Decimal)
-
-
-def _to_decimal(value: Any) -> Decimal:
-    if value is None:
-        return Decimal("0")
-    try:
-        return value if isinstance(value, Decimal) else Decimal(str(value))
-    except InvalidOperation:
-        return Decimal("0")
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Client
 
 
-class SmokeballClient:
+class SmokeballClient(wire.WireClient):
     """Implements `BillingSystem` against one Smokeball firm through one OAuth grant and API key."""
 
     def __init__(
@@ -180,54 +137,29 @@ class SmokeballClient:
         tokens: AccessTokens,
         *,
         api_key: str,
-        http: httpx.AsyncClient | None = None,
-        rate_gate: RateGate | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        timeout: float = 10.0,
         acting_user_id: str | None = None,
         confirm_seconds: float = ASYNC_CONFIRM_SECONDS,
         confirm_interval: float = 1.0,
-        max_rate_limit_retries: int = 5,
-        max_read_retries: int = 3,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
-        rng: Callable[[], float] = random.random,
+        **options: Unpack[wire.HttpOptions],
     ) -> None:
         if not api_key:
             raise ValueError("api_key is empty")
         # A client-credentials base URL ends in /{accountId}; paths are appended, never joined over it.
         self._base = base_url.rstrip("/")
-        self._tokens = tokens
         self._api_key = api_key
         self._acting_user_id = acting_user_id
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient()
-        self._timeout = httpx.Timeout(timeout)
-        self._clock = clock
-        self._sleep = sleep
-        self._gate = rate_gate or RateGate(clock, sleep, limit=RATE_LIMIT, window_seconds=RATE_WINDOW_SECONDS)
+        options.setdefault("max_rate_limit_retries", 5)
+        # Without a Retry-After a 429 waits one second, the time the documented bucket needs to refill; what
+        # headers a 429 carries is UNCONFIRMED (billing-apis.md §5).
+        self._wire = wire.BillingHttp("Smokeball", tokens, log=log, client_error=_client_error, limit=RATE_LIMIT,
+                                      window_seconds=RATE_WINDOW_SECONDS, **options)
+        self._clock, self._sleep = self._wire.clock, self._wire.sleep
         self._confirm_seconds = confirm_seconds
         self._confirm_interval = confirm_interval
-        self._max_429 = max_rate_limit_retries
-        self._max_read_retries = max_read_retries
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._rng = rng
         self._matter_of_draft: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"SmokeballClient(base_url={self._base!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> SmokeballClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     # -- directory ------------------------------------------------------------------------------------------------
 
@@ -249,8 +181,7 @@ class SmokeballClient:
         # Every status named explicitly: which statuses an unfiltered list returns is not documented.
         params = [("Status", status) for status in MATTER_STATUSES]
         if updated_since is not None:
-            since = updated_since if updated_since.tzinfo else updated_since.replace(tzinfo=timezone.utc)
-            params.append(("LastUpdated", since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
+            params.append(("LastUpdated", wire.as_utc(updated_since).strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
         async for item in self._paged("/matters", params):
             yield _matter_from(item)
 
@@ -348,103 +279,33 @@ class SmokeballClient:
         self, method: str, path: str, *, params: list[tuple[str, str]] | None = None, body: Any = None,
         is_write: bool = False, request_id: str | None = None, accept_404: bool = False,
     ) -> tuple[int, Any]:
-        url = f"{self._base}{path}"
         what = f"{method} {path}"
-        content = _encode(body).encode() if body is not None else None
-        token = await self._tokens.bearer()
-        refreshed = False
-        rate_limited = retried = 0
-        while True:
-            await self._gate.before_request()
-            try:
-                response = await self._http.request(
-                    method, url, params=params, content=content, timeout=self._timeout,
-                    headers=self._headers(token, content is not None, request_id),
-                )
-            except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
-                # Not chained: the message can quote the Authorization or x-api-key header.
-                raise PermanentBillingError(f"{what}: request could not be sent ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
-                if is_write and not isinstance(exc, _NOT_SENT):
-                    raise AmbiguousWriteError(
-                        f"{what}: no answer after sending ({type(exc).__name__}); look up before retrying"
-                    ) from None
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, type(exc).__name__)
-                    continue
-                raise TransientBillingError(f"{what}: {type(exc).__name__} after {retried} retries") from None
-            status = response.status_code
-            if status == 401 and not refreshed:
-                refreshed = True  # refused before processing, so a write may be sent again too
-                token = await self._tokens.after_rejection(token)
-                continue
-            if status == 429:
-                if rate_limited >= self._max_429:
-                    raise TransientBillingError(f"{what}: still rate limited after {rate_limited} retries",
-                                                status=429)
-                rate_limited += 1
-                await self._sleep(_retry_after_seconds(response.headers, self._clock()))
-                continue
-            if status >= 500 or status == 408:
-                if is_write:
-                    raise AmbiguousWriteError(f"{what}: HTTP {status} after sending; look up before retrying",
-                                              status=status)
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, f"HTTP {status}")
-                    continue
-                raise TransientBillingError(f"{what}: HTTP {status} after {retried} retries", status=status)
-            if status == 404 and accept_404:
-                return status, None
-            if status >= 400:
-                raise _client_error(response, what)
-            try:
-                return status, _decode(response.content) if response.content else None
-            except ValueError:
-                if is_write:
-                    return status, None  # accepted; the read-back decides
-                raise TransientBillingError(f"{what}: HTTP {status} with an unreadable body", status=status) from None
+        response = await self._wire.send(
+            method, f"{self._base}{path}", what=what, is_write=is_write, params=params, body=body,
+            headers=self._headers(request_id), accept=(404,) if accept_404 else (),
+        )
+        status = response.status_code
+        if status == 404:
+            return status, None
+        try:
+            return status, wire.decode_json(response.content) if response.content else None
+        except ValueError:
+            if is_write:
+                return status, None  # accepted; the read-back decides
+            raise wire.unreadable(response, what, is_write=False) from None
 
-    def _headers(self, token: str, has_body: bool, request_id: str | None) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {token}", "x-api-key": self._api_key, "Accept": "application/json"}
-        if has_body:
-            headers["Content-Type"] = "application/json"
+    def _headers(self, request_id: str | None) -> dict[str, str]:
+        headers = {"x-api-key": self._api_key}
         if request_id:
             headers["RequestId"] = request_id
         if self._acting_user_id:
             headers["UserId"] = self._acting_user_id
         return headers
 
-    async def _backoff(self, attempt: int, what: str, reason: str) -> None:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
-        delay = ceiling / 2 + self._rng() * ceiling / 2  # jitter keeps many workers from retrying in step
-        log.warning("%s failed (%s); retry %d in %.2fs", what, reason, attempt, delay)
-        await self._sleep(delay)
-
-
-def _retry_after_seconds(headers: httpx.Headers, now: float) -> float:
-    """Retry-After when sent; otherwise one second, the time the documented bucket needs to refill.
-    The 429's headers are UNCONFIRMED (billing-apis.md §5)."""
-    raw = headers.get("Retry-After")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
-        except (TypeError, ValueError):
-            pass
-    return 1.0
-
 
 def _error_message(response: httpx.Response) -> str:
     """Text of an error answer: ProblemDetails {title, detail}, or an API gateway's {message}."""
-    try:
-        body = _decode(response.content)
-    except ValueError:
-        return response.reason_phrase
+    body = wire.decode_or_none(response.content)
     if not isinstance(body, dict):
         return response.reason_phrase
     parts = [str(body[k]) for k in ("title", "detail", "message", "Message") if body.get(k)]
@@ -452,11 +313,7 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _client_error(response: httpx.Response, what: str) -> PermanentBillingError:
-    status = response.status_code
-    text = f"{what}: HTTP {status}: {_error_message(response)}"
-    if status == 401:
-        return AuthenticationError(text, status=status)
-    return PermanentBillingError(text, status=status)
+    return wire.client_error(response, what, _error_message(response))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -489,7 +346,7 @@ def _user_from(item: Mapping[str, Any]) -> BillingUser:
         user_id=str(item["id"]),
         name=name,
         # Without Fields=rate, or for staff without one, the rate is absent; 0 keeps the type and shows the gap.
-        rate=_to_decimal(item.get("rate")),
+        rate=wire.to_decimal(item.get("rate"), invalid_is_zero=True),
         time_zone=None,  # Smokeball keeps no time zone on a staff member
         phone_number=phone_text(item.get("phone")) or phone_text(item.get("cell")),
         enabled=bool(item.get("enabled", True)) and not item.get("former"),

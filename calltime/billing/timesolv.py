@@ -10,27 +10,21 @@ day TimeSolv's real documentation is read, one block changes.
 
 from __future__ import annotations
 
-import asyncio
-import decimal
-import json
 import logging
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, Unpack
 
 import httpx
 
+from calltime import units
+from calltime.billing import wire
 from calltime.billing.auth import AccessTokens
 from calltime.billing.errors import (
     AmbiguousWriteError,
-    AuthenticationError,
     PermanentBillingError,
     TransientBillingError,
 )
@@ -41,7 +35,6 @@ from calltime.billing.model import (
     TimeEntryRequest,
     WrittenEntry,
 )
-from calltime.billing.pacing import RateGate
 
 log = logging.getLogger(__name__)
 
@@ -126,89 +119,27 @@ def marker(draft_id: str) -> str:
 
 def hours_from_seconds(billed_seconds: int) -> Decimal:
     """Exact decimal hours; refuses a duration that has no exact decimal (e.g. 100 s = 0.02777… h)."""
-    if isinstance(billed_seconds, bool) or not isinstance(billed_seconds, int) or billed_seconds <= 0:
-        raise ValueError(f"billed_seconds must be a positive whole number, not {billed_seconds!r}")
-    context = decimal.Context(prec=28, traps=[decimal.Inexact, decimal.Rounded])
-    try:
-        return context.divide(Decimal(billed_seconds), Decimal(3600))
-    except (decimal.Inexact, decimal.Rounded):
-        raise ValueError(f"{billed_seconds} s is not an exact decimal number of hours") from None
+    return units.seconds_to_hours(billed_seconds)
 
 
 def time_zone_from_timesolv(raw: str | None, assumptions: TimeSolvAssumptions = ASSUMED) -> str | None:
     """IANA name for a TimeSolv user's zone, or None when it cannot be mapped."""
-    if not raw:
-        return None
-    if raw in assumptions.windows_time_zones:
-        return assumptions.windows_time_zones[raw]
-    try:
-        ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-    return raw
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# JSON with exact numbers
-
-
-def _encode(value: Any) -> str:
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("money and quantities must be finite")
-        return format(value, "f")
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_encode(v) for v in value) + "]"
-    if isinstance(value, float):
-        raise TypeError("floats are not sent to TimeSolv; use Decimal")
-    return json.dumps(value)
-
-
-def _decode(content: bytes) -> Any:
-    return json.loads(content, parse_float=Decimal)
-
-
-def _to_decimal(value: Any) -> Decimal:
-    if value is None or value == "":
-        return Decimal("0")
-    try:
-        return value if isinstance(value, Decimal) else Decimal(str(value))
-    except decimal.InvalidOperation:
-        return Decimal("0")
-
-
-def _parse_stamp(raw: Any) -> datetime | None:
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        parsed = datetime.fromisoformat(raw)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return wire.iana_zone(raw, assumptions.windows_time_zones)
 
 
 def _stamp_criterion(since: datetime) -> str:
-    aware = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
-    return aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return wire.as_utc(since).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _int_id(value: str, what: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise PermanentBillingError(f"{what} {value!r} is not a TimeSolv id") from None
-
-
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+    return wire.int_id(value, what, "TimeSolv")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Client
 
 
-class TimeSolvClient:
+class TimeSolvClient(wire.WireClient):
     """Implements `BillingSystem` against one TimeSolv firm through one OAuth grant."""
 
     def __init__(
@@ -216,51 +147,22 @@ class TimeSolvClient:
         base_url: str,
         tokens: AccessTokens,
         *,
-        http: httpx.AsyncClient | None = None,
-        rate_gate: RateGate | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        timeout: float = 10.0,
         assumptions: TimeSolvAssumptions = ASSUMED,
         page_size: int | None = None,
-        max_rate_limit_retries: int = 3,
-        max_read_retries: int = 3,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
-        rng: Callable[[], float] = random.random,
+        **options: Unpack[wire.HttpOptions],
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._tokens = tokens
         self.assumptions = assumptions
         self._page_size = page_size or assumptions.max_page_size
         if not 1 <= self._page_size <= assumptions.max_page_size:
             raise ValueError(f"page_size must be within 1..{assumptions.max_page_size}")
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient()
-        self._timeout = httpx.Timeout(timeout)
-        self._clock = clock
-        self._sleep = sleep
-        self._gate = rate_gate or RateGate(
-            clock, sleep, limit=assumptions.rate_limit, window_seconds=assumptions.rate_window_seconds
+        self._wire = wire.BillingHttp(
+            "TimeSolv", tokens, log=log, client_error=_client_error, limit=assumptions.rate_limit,
+            window_seconds=assumptions.rate_window_seconds, **options,
         )
-        self._max_429 = max_rate_limit_retries
-        self._max_read_retries = max_read_retries
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._rng = rng
 
     def __repr__(self) -> str:
         return f"TimeSolvClient(base_url={self._base!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> TimeSolvClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     # -- directory ------------------------------------------------------------------------------------------------
 
@@ -347,7 +249,7 @@ class TimeSolvClient:
         return BillingUser(
             user_id=str(item[a.id_field]),
             name=name.strip(),
-            rate=_to_decimal(item.get(a.user_rate_field)),
+            rate=wire.to_decimal(item.get(a.user_rate_field), invalid_is_zero=True),
             time_zone=time_zone_from_timesolv(item.get(a.user_time_zone_field), a),
             phone_number=item.get(a.user_phone_field) or None,
             enabled=item.get(a.user_status_field) == a.user_active_value,
@@ -361,7 +263,7 @@ class TimeSolvClient:
             name=str(item.get(a.client_name_field) or ""),
             is_client=True,
             phone_numbers=numbers,
-            updated_at=_parse_stamp(item.get(a.updated_field)) if a.updated_field else None,
+            updated_at=wire.parse_datetime(item.get(a.updated_field)) if a.updated_field else None,
         )
 
     def _matter_from(self, item: Mapping[str, Any]) -> DirectoryMatter:
@@ -379,7 +281,7 @@ class TimeSolvClient:
             display_number=str(item.get(a.project_code_field) or ""),
             description=str(item.get(a.project_name_field) or ""),
             status=status,
-            updated_at=_parse_stamp(item.get(a.updated_field)) if a.updated_field else None,
+            updated_at=wire.parse_datetime(item.get(a.updated_field)) if a.updated_field else None,
         )
 
     # -- HTTP -----------------------------------------------------------------------------------------------------
@@ -412,97 +314,17 @@ class TimeSolvClient:
             page_number += 1
 
     async def _request(self, method: str, url: str, *, body: Any, is_write: bool) -> dict[str, Any]:
-        what = f"{method} {httpx.URL(url).path}"
-        content = _encode(body).encode()
-        token = await self._tokens.bearer()
-        refreshed = False
-        rate_limited = retried = 0
-        while True:
-            await self._gate.before_request()
-            try:
-                response = await self._http.request(
-                    method, url, content=content, timeout=self._timeout, headers={
-                        "Authorization": f"Bearer {token}", "Accept": "application/json",
-                        "Content-Type": "application/json",
-                    },
-                )
-            except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
-                # Not chained: the message can quote the Authorization header.
-                raise PermanentBillingError(f"{what}: request could not be sent ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
-                if is_write and not isinstance(exc, _NOT_SENT):
-                    raise AmbiguousWriteError(
-                        f"{what}: no answer after sending ({type(exc).__name__}); look up before retrying"
-                    ) from None
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, type(exc).__name__)
-                    continue
-                raise TransientBillingError(f"{what}: {type(exc).__name__} after {retried} retries") from None
-            status = response.status_code
-            if status == 401 and not refreshed:
-                # A 401 means the request was refused unread, so even a write may be sent again.
-                refreshed = True
-                token = await self._tokens.after_rejection(token)
-                continue
-            if status == 429:
-                if rate_limited >= self._max_429:
-                    raise TransientBillingError(f"{what}: still rate limited after {rate_limited} retries",
-                                                status=429)
-                rate_limited += 1
-                await self._sleep(_retry_after_seconds(response.headers, self._clock()))
-                continue
-            if status >= 500 or status == 408:
-                if is_write:
-                    raise AmbiguousWriteError(f"{what}: HTTP {status} after sending; look up before retrying",
-                                              status=status)
-                if retried < self._max_read_retries:
-                    retried += 1
-                    await self._backoff(retried, what, f"HTTP {status}")
-                    continue
-                raise TransientBillingError(f"{what}: HTTP {status} after {retried} retries", status=status)
-            if status >= 400:
-                raise _client_error(response, what)
-            try:
-                answer = _decode(response.content)
-            except ValueError:
-                answer = None
-            if not isinstance(answer, dict):
-                error = AmbiguousWriteError if is_write else TransientBillingError
-                raise error(f"{what}: HTTP {status} with an unreadable body", status=status)
-            return answer
-
-    async def _backoff(self, attempt: int, what: str, reason: str) -> None:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
-        delay = ceiling / 2 + self._rng() * ceiling / 2  # jitter keeps many workers from retrying in step
-        log.warning("%s failed (%s); retry %d in %.2fs", what, reason, attempt, delay)
-        await self._sleep(delay)
+        response = await self._wire.send(method, url, body=body, is_write=is_write)
+        return wire.json_object(response, f"{method} {httpx.URL(url).path}", is_write=is_write)
 
 
 def _criterion(field_name: str, operator: str, value: Any) -> dict[str, Any]:
     return {"FieldName": field_name, "Operator": operator, "Value": value}
 
 
-def _retry_after_seconds(headers: httpx.Headers, now: float) -> float:
-    raw = headers.get("Retry-After")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
-        except (TypeError, ValueError):
-            pass
-    return 1.0
-
-
 def _error_message(response: httpx.Response) -> str:
     """The message of an error answer in any of the shapes an ASP.NET or OAuth server uses."""
-    try:
-        body = _decode(response.content)
-    except ValueError:
-        return response.reason_phrase
+    body = wire.decode_or_none(response.content)
     if isinstance(body, dict):
         for key in ("Message", "message", "error_description", "error"):
             if isinstance(body.get(key), str):
@@ -511,8 +333,4 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _client_error(response: httpx.Response, what: str) -> PermanentBillingError:
-    status = response.status_code
-    text = f"{what}: HTTP {status}: {_error_message(response)}"
-    if status == 401:
-        return AuthenticationError(text, status=status)
-    return PermanentBillingError(text, status=status)
+    return wire.client_error(response, what, _error_message(response))

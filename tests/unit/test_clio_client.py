@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import billing_support
 import httpx
 import pytest
+from billing_support import T0, ClientMaker, FakeClock
 
 from calltime.billing.clio import ClioClient, clio_base_url, clio_token_url
 from calltime.billing.errors import (
@@ -25,26 +27,8 @@ from calltime.billing.model import TimeEntryRequest, WrittenEntry
 from calltime.billing.port import BillingSystem
 from calltime.fakes.clio import FakeClioServer, FakeClioState, load_seed
 
-# 2026-01-01T00:00:00Z: a multiple of 60, so the fake's rate windows start exactly at the fake clock's origin.
-T0 = 1_767_225_600.0
 ACME_TOKEN = "acme-token-0001"
 BETA_TOKEN = "beta-token-0002"
-
-
-class FakeClock:
-    """One clock for the client and the fake: the client's sleeps move time forward instantly."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 @dataclass
@@ -91,28 +75,12 @@ def env() -> Env:
 
 @pytest.fixture
 async def make_client(env: Env):
-    made: list[ClioClient] = []
-
-    def make(token=ACME_TOKEN, **kwargs) -> ClioClient:
-        kwargs.setdefault("clock", env.clock.time)
-        kwargs.setdefault("sleep", env.clock.sleep)
-        client = ClioClient(env.server.base_url, token, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.aclose()
+    async with ClientMaker(ClioClient, env.server.base_url, ACME_TOKEN, env.clock) as make:
+        yield make
 
 
 def entry_request(env: Env, **overrides) -> TimeEntryRequest:
-    request = TimeEntryRequest(
-        draft_id="draft-0001", call_id="call-0001", matter_id=str(env.acme_matter), user_id=str(env.acme_user),
-        entry_date=date(2026, 3, 2), billed_seconds=720, rate=Decimal("350.25"),
-        narrative="Telephone call with client re: settlement offer.",
-        call_started_at=datetime(2026, 3, 2, 15, 4, 11, tzinfo=timezone.utc), external_number="+16175550142",
-    )
-    return replace(request, **overrides)
+    return billing_support.entry_request(str(env.acme_matter), str(env.acme_user), **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import billing_support
 import httpx
 import pytest
+from billing_support import T0, ClientMaker, FakeClock
 
 from calltime.billing.auth import OAuthSession
 from calltime.billing.errors import (
@@ -28,32 +29,12 @@ from calltime.credentials import Credential
 from calltime.fakes.mycase import ACCESS_TOKEN_SECONDS, FakeMyCaseServer, FakeMyCaseState
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "mycase"
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 # The ids of the reference samples, so the samples' own request can be posted to the fake.
 STAFF_ID, CLIENT_ID, CASE_ID = 7890, 42424, 123456
 
 
 def sample(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text(), parse_float=Decimal)
-
-
-class FakeClock:
-    """One clock for the client, the token session and the fake: sleeping moves time forward instantly."""
-
-    def __init__(self) -> None:
-        self.now = T0
-        self.sleeps: list[float] = []
-        self.on_sleep = None
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        if self.on_sleep:
-            self.on_sleep()
-        await asyncio.sleep(0)
 
 
 class CountingTokens:
@@ -124,29 +105,14 @@ def env():
 
 @pytest.fixture
 async def make_client(env: Env):
-    made: list[MyCaseClient] = []
-
-    def make(tokens=None, **kwargs) -> MyCaseClient:
-        kwargs.setdefault("clock", env.clock.time)
-        kwargs.setdefault("sleep", env.clock.sleep)
-        client = MyCaseClient(env.server.base_url, tokens or env.tokens, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.aclose()
+    async with ClientMaker(MyCaseClient, env.server.base_url, env.tokens, env.clock) as make:
+        yield make
 
 
 def entry_request(**overrides) -> TimeEntryRequest:
-    request = TimeEntryRequest(
-        draft_id="draft-0001", call_id="call-0001", matter_id=str(CASE_ID), user_id=str(STAFF_ID),
-        entry_date=date(2026, 3, 2), billed_seconds=720, rate=Decimal("350.25"),
-        narrative="Telephone call with client re: settlement offer.",
-        # Ten minutes before the fake clock's start: the write follows the call.
-        call_started_at=datetime.fromtimestamp(T0 - 600, tz=timezone.utc), external_number="+16175550142",
-    )
-    return replace(request, **overrides)
+    # Ten minutes before the fake clock's start: the write follows the call.
+    called = datetime.fromtimestamp(T0 - 600, tz=timezone.utc)
+    return billing_support.entry_request(str(CASE_ID), str(STAFF_ID), **{"call_started_at": called, **overrides})
 
 
 # ---------------------------------------------------------------------------------------------------------------

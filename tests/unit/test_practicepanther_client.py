@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import billing_support
 import httpx
 import pytest
+from billing_support import T0, ClientMaker, FakeClock
 
 from calltime.billing.errors import (
     AmbiguousWriteError,
@@ -30,7 +31,6 @@ from calltime.fakes.practicepanther import (
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "practicepanther"
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 # The GUIDs of the reference samples, so the samples' own request can be posted to the fake.
 ACCOUNT = "6f1c2d3e-0000-4000-8000-000000000001"
 MATTER = "6f1c2d3e-0000-4000-8000-000000000002"
@@ -40,23 +40,6 @@ CONTACT = "6f1c2d3e-0000-4000-8000-000000000010"
 
 def sample(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text(), parse_float=Decimal)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-        self.sleeps: list[float] = []
-        self.on_sleep = None
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        if self.on_sleep:
-            self.on_sleep()
-        await asyncio.sleep(0)
 
 
 class CountingTokens:
@@ -119,28 +102,14 @@ def env():
 
 @pytest.fixture
 async def make_client(env: Env):
-    made: list[PracticePantherClient] = []
-
-    def make(tokens=None, **kwargs) -> PracticePantherClient:
-        kwargs.setdefault("clock", env.clock.time)
-        kwargs.setdefault("sleep", env.clock.sleep)
-        client = PracticePantherClient(env.server.base_url, tokens or env.tokens, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.aclose()
+    async with ClientMaker(PracticePantherClient, env.server.base_url, env.tokens, env.clock) as make:
+        yield make
 
 
 def entry_request(**overrides) -> TimeEntryRequest:
-    request = TimeEntryRequest(
-        draft_id="draft-0001", call_id="call-0001", matter_id=MATTER, user_id=USER,
-        entry_date=date(2026, 1, 1), billed_seconds=720, rate=Decimal("350.25"),
-        narrative="Telephone call with client re: settlement offer.",
-        call_started_at=datetime.fromtimestamp(T0 - 600, tz=timezone.utc), external_number="+16175550142",
-    )
-    return replace(request, **overrides)
+    called = datetime.fromtimestamp(T0 - 600, tz=timezone.utc)
+    return billing_support.entry_request(MATTER, USER, **{"entry_date": date(2026, 1, 1), "call_started_at": called,
+                                                         **overrides})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,17 +6,18 @@ Fixtures in tests/fixtures/smokeball/ are verbatim copies of the reference sampl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
-from dataclasses import dataclass, replace
-from datetime import date, datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import billing_support
 import httpx
 import pytest
+from billing_support import T0, ClientMaker, FakeClock, entry_request
 
 from calltime.billing.errors import (
     AmbiguousWriteError,
@@ -40,55 +41,14 @@ from calltime.billing.smokeball import (
 from calltime.fakes.smokeball import FakeSmokeballServer, FakeSmokeballState
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "smokeball"
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
 def sample(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-class FakeClock:
-    """One clock for the client and the fake: the client's sleeps move time forward instantly."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-class RefreshingTokens:
-    """AccessTokens over the fake's real token endpoint (Basic client auth), counting refreshes."""
-
-    def __init__(self, token_url: str, state: FakeSmokeballState, access: str, refresh: str | None) -> None:
-        self.token_url, self.state = token_url, state
-        self.access, self.refresh = access, refresh
-        self.refreshes = 0
-
-    async def bearer(self) -> str:
-        return self.access
-
-    async def after_rejection(self, rejected: str) -> str:
-        if rejected != self.access:
-            return self.access
-        async with httpx.AsyncClient() as http:
-            response = await http.post(
-                self.token_url, data={"grant_type": "refresh_token", "refresh_token": self.refresh or ""},
-                auth=(self.state.client_id, self.state.client_secret),
-            )
-        if response.status_code != 200:
-            raise AuthenticationError("refresh refused: the firm must re-authorise", status=response.status_code)
-        self.refreshes += 1
-        body = response.json()
-        self.access = body["access_token"]
-        self.refresh = body.get("refresh_token") or self.refresh  # Smokeball keeps the refresh token
-        return self.access
+class RefreshingTokens(billing_support.RefreshingTokens):
+    basic_auth = True  # Smokeball's token endpoint takes the client id and secret as HTTP Basic
 
 
 @dataclass
@@ -102,13 +62,7 @@ class Env:
     tokens: RefreshingTokens
 
     def entry(self, **overrides) -> TimeEntryRequest:
-        request = TimeEntryRequest(
-            draft_id="draft-0001", call_id="call-0001", matter_id=self.matter, user_id=self.staff,
-            entry_date=date(2026, 3, 2), billed_seconds=720, rate=Decimal("350.25"),
-            narrative="Telephone call with client re: settlement offer.",
-            call_started_at=datetime(2026, 3, 2, 15, 4, 11, tzinfo=timezone.utc), external_number="+16175550142",
-        )
-        return replace(request, **overrides)
+        return entry_request(self.matter, self.staff, **overrides)
 
     def raw(self, token: str | None = None) -> httpx.Client:
         headers = {"x-api-key": self.state.api_key, "Authorization": f"Bearer {token or self.tokens.access}"}
@@ -138,20 +92,9 @@ def env():
 
 @pytest.fixture
 async def make_client(env: Env):
-    made: list[SmokeballClient] = []
-
-    def make(**kwargs) -> SmokeballClient:
-        kwargs.setdefault("clock", env.clock.time)
-        kwargs.setdefault("sleep", env.clock.sleep)
-        kwargs.setdefault("api_key", env.state.api_key)
-        tokens = kwargs.pop("tokens", env.tokens)
-        client = SmokeballClient(env.server.base_url, tokens, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.aclose()
+    async with ClientMaker(SmokeballClient, env.server.base_url, env.tokens, env.clock,
+                           api_key=env.state.api_key) as make:
+        yield make
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,16 +6,16 @@ Fixtures in tests/fixtures/timesolv/ are verbatim copies of the reference sample
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
+from billing_support import T0, ClientMaker, FakeClock, RefreshingTokens, entry_request
 
 from calltime.billing.errors import (
     AmbiguousWriteError,
@@ -37,49 +37,7 @@ from calltime.billing.timesolv import (
 from calltime.fakes.timesolv import FakeTimeSolvServer, FakeTimeSolvState
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "timesolv"
-T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, a multiple of 60: the fake's rate windows start at the clock's origin
 A = ASSUMED
-
-
-class FakeClock:
-    """One clock for the client and the fake: the client's sleeps move time forward instantly."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-class RefreshingTokens:
-    """AccessTokens over the fake's real token endpoint, counting refreshes (no credential store needed)."""
-
-    def __init__(self, token_url: str, state: FakeTimeSolvState, access: str, refresh: str | None) -> None:
-        self.token_url, self.state = token_url, state
-        self.access, self.refresh = access, refresh
-        self.refreshes = 0
-
-    async def bearer(self) -> str:
-        return self.access
-
-    async def after_rejection(self, rejected: str) -> str:
-        if rejected != self.access:
-            return self.access
-        form = {"grant_type": "refresh_token", "refresh_token": self.refresh or "",
-                "client_id": self.state.client_id, "client_secret": self.state.client_secret}
-        async with httpx.AsyncClient() as http:
-            response = await http.post(self.token_url, data=form)
-        if response.status_code != 200:
-            raise AuthenticationError("refresh refused: the firm must re-authorise", status=response.status_code)
-        self.refreshes += 1
-        self.access = response.json()["access_token"]
-        return self.access
 
 
 @dataclass
@@ -93,13 +51,7 @@ class Env:
     tokens: RefreshingTokens
 
     def entry(self, **overrides) -> TimeEntryRequest:
-        request = TimeEntryRequest(
-            draft_id="draft-0001", call_id="call-0001", matter_id=str(self.matter), user_id=str(self.user),
-            entry_date=date(2026, 3, 2), billed_seconds=720, rate=Decimal("350.25"),
-            narrative="Telephone call with client re: settlement offer.",
-            call_started_at=datetime(2026, 3, 2, 15, 4, 11, tzinfo=timezone.utc), external_number="+16175550142",
-        )
-        return replace(request, **overrides)
+        return entry_request(str(self.matter), str(self.user), **overrides)
 
 
 @pytest.fixture
@@ -128,19 +80,8 @@ def _authorize(server: FakeTimeSolvServer, state: FakeTimeSolvState, user: int) 
 
 @pytest.fixture
 async def make_client(env: Env):
-    made: list[TimeSolvClient] = []
-
-    def make(**kwargs) -> TimeSolvClient:
-        kwargs.setdefault("clock", env.clock.time)
-        kwargs.setdefault("sleep", env.clock.sleep)
-        tokens = kwargs.pop("tokens", env.tokens)
-        client = TimeSolvClient(env.server.base_url, tokens, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.aclose()
+    async with ClientMaker(TimeSolvClient, env.server.base_url, env.tokens, env.clock) as make:
+        yield make
 
 
 # ---------------------------------------------------------------------------------------------------------------
