@@ -9,7 +9,6 @@ cannot hide the same bug in the other.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import math
 import random
@@ -123,19 +122,6 @@ def add_api_routes(app: FastAPI, state: FakeBillingState[Any], admit: Callable[[
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rate windows (not locked: callers hold their state's lock)
-
-
-def sliding_window_wait(windows: dict[str, collections.deque[float]], key: str, now: float, limit: int,
-                        window_seconds: float) -> int | None:
-    """Admit one request of `key` into its sliding window (None), or refuse it uncounted and answer the whole
-    seconds until its oldest request leaves the window."""
-    sent = windows.setdefault(key, collections.deque())
-    while sent and sent[0] <= now - window_seconds:
-        sent.popleft()
-    if len(sent) >= limit:
-        return max(1, math.ceil(sent[0] + window_seconds - now))
-    sent.append(now)
-    return None
 
 
 @dataclass(frozen=True)

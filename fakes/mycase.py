@@ -10,7 +10,6 @@ refresh tokens, and 25 requests per second per token.
 from __future__ import annotations
 
 import base64
-import collections
 import itertools
 import json
 import secrets
@@ -25,6 +24,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from calltime.fakes.rate_limits import SlidingWindow, retry_after
 from calltime.fakes.billing_common import (
     ApiError,
     DroppedResponse,
@@ -39,7 +39,6 @@ from calltime.fakes.billing_common import (
     RotatingOAuth,
     bind,
     loads,
-    sliding_window_wait,
 )
 
 ACCESS_TOKEN_SECONDS = 86_400  # "Access tokens are valid for 24 hours by default"
@@ -123,7 +122,7 @@ class FakeMyCaseState(RotatingOAuth, FakeBillingState[Faults]):
         self.rate_window_seconds = rate_window_seconds
         self._firms: dict[str, _Firm] = {}
         self._oauth = OAuthGrants(access_seconds=ACCESS_TOKEN_SECONDS, refresh_seconds=REFRESH_TOKEN_SECONDS)
-        self._windows: dict[str, collections.deque[float]] = {}
+        self._window = SlidingWindow()
         self._ids = itertools.count(1001)
         self._used_ids: set[int] = set()
 
@@ -266,10 +265,10 @@ class FakeMyCaseState(RotatingOAuth, FakeBillingState[Faults]):
         return token, grant
 
     def _take_rate_slot(self, token: str) -> None:
-        wait = sliding_window_wait(self._windows, token, self.clock(), self.rate_limit, self.rate_window_seconds)
+        wait = self._window.take(token, self.clock(), self.rate_limit, self.rate_window_seconds)
         if wait is not None:
             self._stats["rate_limited"] += 1
-            raise _ApiError(429, _TOO_MANY, headers={"Retry-After": str(wait)})
+            raise _ApiError(429, _TOO_MANY, headers={"Retry-After": retry_after(wait)})
 
     # -- helpers --------------------------------------------------------------------------------------------------
 

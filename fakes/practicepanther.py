@@ -9,7 +9,6 @@ open is a named UNCONFIRMED constant or function below.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import time
 import uuid
@@ -23,6 +22,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from calltime.fakes.rate_limits import SlidingWindow, retry_after
 from calltime.fakes.billing_common import (
     ApiError,
     DroppedResponse,
@@ -35,7 +35,6 @@ from calltime.fakes.billing_common import (
     OAuthRefused,
     RotatingOAuth,
     loads,
-    sliding_window_wait,
 )
 
 ACCESS_TOKEN_SECONDS = 86_400
@@ -116,7 +115,7 @@ class FakePracticePantherState(RotatingOAuth, FakeBillingState[Faults]):
         self.expired_token_style = expired_token_style
         self._firms: dict[str, _Firm] = {}
         self._oauth = OAuthGrants(access_seconds=ACCESS_TOKEN_SECONDS, refresh_seconds=REFRESH_TOKEN_SECONDS)
-        self._windows: dict[str, collections.deque[float]] = {}
+        self._window = SlidingWindow()
         self._numbers = itertools.count(1)
 
     # -- seeding --------------------------------------------------------------------------------------------------
@@ -244,10 +243,10 @@ class FakePracticePantherState(RotatingOAuth, FakeBillingState[Faults]):
             return self._firms[grant.firm], grant.user
 
     def _take_rate_slot(self, token: str) -> None:
-        wait = sliding_window_wait(self._windows, token, self.clock(), self.rate_limit, self.rate_window_seconds)
+        wait = self._window.take(token, self.clock(), self.rate_limit, self.rate_window_seconds)
         if wait is not None:
             self._stats["rate_limited"] += 1
-            raise _ApiError(429, {"Message": "Too many requests"}, {"Retry-After": str(wait)})
+            raise _ApiError(429, {"Message": "Too many requests"}, {"Retry-After": retry_after(wait)})
 
     def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
         now = self._now()

@@ -7,11 +7,11 @@ fake, independently of the adapter that reads it, so that one cannot hide the ot
 
 from __future__ import annotations
 
+from calltime.fakes.rate_limits import SlidingWindow, retry_after  # noqa: F401 - re-exported for the phone fakes
+
 import base64
-import math
 import random
 import secrets
-from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Self, TypeVar
@@ -109,32 +109,6 @@ class TokenStore(dict[str, Any]):
         """Every token expires (`expired`: a moment already past on the fake's clock)."""
         for token in self:
             self[token] = expired
-
-
-class SlidingWindow:
-    """Requests per key (an access token, an API key) within the last `window` seconds, the way
-    the providers count them. Not locked: callers hold their state's lock."""
-
-    def __init__(self) -> None:
-        self._sent: dict[str, deque[float]] = {}
-
-    def take(self, key: str, now: float, limit: int | None, window: float) -> float | None:
-        """None: the request is admitted (and counted). Else it is refused, not counted, and the
-        answer is how long until the oldest request in the window leaves it."""
-        if limit is None:
-            return None
-        sent = self._sent.setdefault(key, deque())
-        while sent and sent[0] <= now - window:
-            sent.popleft()
-        if len(sent) >= limit:
-            return (sent[0] if sent else now) + window - now
-        sent.append(now)
-        return None
-
-
-def retry_after(wait: float) -> str:
-    """The `Retry-After` for a wait: whole seconds, rounded up, at least one."""
-    return str(max(1, math.ceil(wait)))
 
 
 def error_answer(status: int, body: Mapping[str, Any], *, wait: float | None = None,
