@@ -26,6 +26,16 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 
 
+def webhook_credential(provider: str) -> str:
+    """The name a firm's webhook secret for a phone provider is sealed under ({"secret": ...})."""
+    return f"{provider}.webhook"
+
+
+def api_credential(provider: str) -> str:
+    """The name a firm's API credentials for a phone provider are sealed under."""
+    return f"{provider}.api"
+
+
 class MissingCredential(LookupError):
     pass
 

@@ -10,8 +10,7 @@ from typing import Any
 import asyncpg
 
 from calltime.billing import connect
-from calltime.credentials import CredentialStore
-from calltime.ingest import store as ingest_store
+from calltime.credentials import CredentialStore, api_credential, webhook_credential
 
 BILLING_TOKENS = connect.BILLING_TOKENS  # {access_token, refresh_token, expires_at}; `billing.client` holds the app id/secret
 
@@ -38,9 +37,9 @@ async def connect_phone_provider(credentials: CredentialStore, conn: asyncpg.Con
         " VALUES ($1, $2, $3, $4) ON CONFLICT (firm_id, provider) DO UPDATE"
         " SET account_id = EXCLUDED.account_id, api_base_url = EXCLUDED.api_base_url",
         firm_id, provider, account_id, api_base_url)
-    await credentials.put(firm_id, ingest_store.webhook_credential(provider), {"secret": webhook_secret}, conn=conn)
+    await credentials.put(firm_id, webhook_credential(provider), {"secret": webhook_secret}, conn=conn)
     if api_credentials is not None:
-        await credentials.put(firm_id, ingest_store.api_credential(provider), api_credentials, conn=conn)
+        await credentials.put(firm_id, api_credential(provider), api_credentials, conn=conn)
     await conn.executemany(
         "INSERT INTO ingest.phone_users (firm_id, provider, provider_user_id, attorney_user_id)"
         " VALUES ($1, $2, $3, $4) ON CONFLICT (firm_id, provider, provider_user_id)"

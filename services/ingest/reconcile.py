@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 
 from calltime import db, logs
-from calltime.credentials import CredentialStore
+from calltime.credentials import CredentialStore, api_credential
 from calltime.ingest import intake, store
 from calltime.ingest.call_logs.port import CallLogError, CallLogSource
 from calltime.ingest.providers import registry
@@ -52,7 +52,7 @@ async def open_source(credentials: CredentialStore, firm_id: str, provider: str,
         raise NotReconcilable(f"firm {firm_id!r} has no {provider} account")
     if not record.api_base_url:
         raise NotReconcilable(f"firm {firm_id!r} has no API base URL for {provider}")
-    api = (await credentials.get(firm_id, store.api_credential(provider))).value
+    api = (await credentials.get(firm_id, api_credential(provider))).value
     source = registry.call_log_module(provider).source(record.account, record.api_base_url, api, http=http)
     return record, source
 

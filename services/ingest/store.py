@@ -12,20 +12,12 @@ from datetime import datetime
 import asyncpg
 
 from calltime import outbox
-from calltime.credentials import CredentialStore, MissingCredential
+from calltime.credentials import CredentialStore, MissingCredential, webhook_credential
 from calltime.events import CallEnded
 from calltime.ingest.providers.model import Account, Notice
 
 SCHEMA = "ingest"
 ACCOUNT_CACHE_SECONDS = 30.0
-
-
-def webhook_credential(provider: str) -> str:
-    return f"{provider}.webhook"
-
-
-def api_credential(provider: str) -> str:
-    return f"{provider}.api"
 
 
 @dataclass(frozen=True)
